@@ -1,0 +1,41 @@
+# Escapement: `make run` starts the product with a living demo; `make test` runs every check.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+BIN := .venv/bin
+PORT ?= 8000
+
+.PHONY: help venv run test pytest lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+.venv/.installed: requirements.txt requirements-dev.txt .python-version
+	scripts/venv.sh requirements-dev.txt
+	touch $@
+
+venv: .venv/.installed  ## create .venv and install the pinned requirements
+
+run: venv  ## migrate, seed the demo and serve web + worker + scheduler on the embedded default
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py seed_demo
+	@echo "Escapement on http://127.0.0.1:$(PORT)/  (Ctrl-C stops web, worker and scheduler)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-true} WEB_PORT=$(PORT) $(BIN)/honcho -f Procfile start
+
+test: venv  ## lint, then the whole suite against real PostgreSQL and Redis (started if needed)
+	$(MAKE) --no-print-directory lint
+	scripts/test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+pytest: venv  ## the suite only (no lint); PYTEST_ARGS="-k name" narrows it
+	scripts/test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv  ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove the database, broker files and services under var/
+	rm -rf var/

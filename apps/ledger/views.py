@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from apps.accounts.access import role_required
+from apps.accounts.roles import Role
+
+
+@require_GET
+@role_required(Role.FINANCE)
+def balance_sheet(request: HttpRequest) -> HttpResponse:
+    return render(request, "ledger/balance_sheet.html")

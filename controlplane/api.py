@@ -1,0 +1,21 @@
+"""The one NinjaAPI of the product, mounted at /api/v1/ (OpenAPI docs at /api/v1/docs)."""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI
+
+from apps.accounts.api import router as accounts_router
+from apps.core.api_errors import install_error_handlers
+
+api = NinjaAPI(
+    title="Escapement API",
+    version="1",
+    description=(
+        "The operator control plane for AI agents. Every error answers "
+        '`{"detail": "...", "errors": [{"field": "...", "message": "..."}]}` with a 4xx code.'
+    ),
+    urls_namespace="api",
+)
+install_error_handlers(api)
+
+api.add_router("/", accounts_router)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+from apps.core import views as core_views
+from controlplane.api import api
+
+urlpatterns = [
+    path("healthz", core_views.healthz, name="healthz"),
+    path("api/v1/", api.urls),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("apps.accounts.urls")),
+    path("reviews/", include("apps.reviews.urls")),
+    path("books/", include("apps.books.urls")),
+    path("audit/", include("apps.audit.urls")),
+    path("ledger/", include("apps.ledger.urls")),
+    path("oncall/", include("apps.killswitches.urls")),
+    path("", include("apps.core.urls")),
+]
+
+handler400 = "apps.core.views.bad_request"
+handler403 = "apps.accounts.views.permission_denied"
+handler404 = "apps.core.views.page_not_found"
+handler500 = "apps.core.views.server_error"

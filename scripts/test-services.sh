@@ -63,7 +63,8 @@ start_postgres() {
   if [ "$(id -u)" = 0 ]; then
     # PostgreSQL refuses to run as root: run it as the postgres user, with files it can reach.
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin postgres
-    as=(runuser -u postgres --)
+    # (From / so that the postgres user is not left in a folder it may not enter.)
+    as=(env -C / runuser -u postgres --)
     if ! "${as[@]}" test -x "$STATE"; then
       data=$(mktemp -d /tmp/escapement-pg.XXXXXX)
     fi

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "ninja",
     "apps.core",
     "apps.accounts",
+    "apps.registry",
     "apps.reviews",
     "apps.books",
     "apps.audit",

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class AuditEvent(models.Model):
+    """One recorded state change. Events form a single hash chain: each event's hash covers its
+    own content and the previous event's hash, so editing or removing any event breaks every
+    later link."""
+
+    class ActorType(models.TextChoices):
+        USER = "user"
+        AGENT = "agent"
+        SYSTEM = "system"
+
+    sequence = models.BigIntegerField(unique=True)
+    created_at = models.DateTimeField()
+    actor_type = models.CharField(max_length=6, choices=ActorType.choices)
+    actor = models.CharField(max_length=150, help_text="username, agent slug or component")
+    verb = models.CharField(max_length=60, db_index=True)
+    target_type = models.CharField(max_length=60)
+    target_id = models.CharField(max_length=120)
+    subject = models.CharField(max_length=200, blank=True, db_index=True)
+    payload = models.JSONField(default=dict)
+    payload_digest = models.CharField(max_length=64)
+    previous_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["sequence"]
+        indexes = [models.Index(fields=["target_type", "target_id", "sequence"])]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.verb} {self.target_type}:{self.target_id}"
+
+
+class ChainHead(models.Model):
+    """The single row that writers lock to append to the chain one at a time."""
+
+    last_sequence = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"chain head at #{self.last_sequence}"

@@ -1,0 +1,175 @@
+"""From a book version to a decision: compile its controls and raw Cedar into one policy set
+with its schema, check it, cache it, and decide actions under the book's autonomy mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from threading import Lock
+
+from pydantic import ValidationError
+
+from apps.books.content import ToolRule
+from apps.books.models import AutonomyMode, BookVersion
+from apps.books.policy.compiler import Controls, compile_controls
+from apps.books.policy.engine import ActionFacts, CompiledPolicies, PolicyVerdict, Reason, decide
+from apps.books.policy.schema import ToolParams, build_schema, param_types
+from apps.books.policy.validation import PolicyProblem, validate_policies
+from apps.registry.models import Tool
+
+CONTROLS_HEADER = "// Compiled from the Decision Book's controls. Edit the form, not this text.\n"
+RAW_HEADER = "\n// Raw Cedar policies of this book.\n"
+
+
+def tool_rules(version: BookVersion) -> list[ToolRule]:
+    rules = []
+    for entry in version.tools or []:
+        try:
+            rules.append(ToolRule.model_validate(entry))
+        except ValidationError:
+            continue  # reported by book_problems; compile what is valid
+    return rules
+
+
+def _controls(version: BookVersion) -> Controls:
+    hours = None
+    if version.business_hours_start is not None and version.business_hours_end is not None:
+        hours = (version.business_hours_start, version.business_hours_end)
+    return Controls(
+        tools=tool_rules(version),
+        confidence_threshold=version.confidence_threshold,
+        allowed_segments=list(version.allowed_segments or []),
+        business_hours=hours,
+        weekdays_only=version.weekdays_only,
+        currency=version.currency,
+    )
+
+
+def _params(version: BookVersion) -> dict[str, str]:
+    slugs = [rule.tool for rule in tool_rules(version)]
+    tools = Tool.objects.filter(slug__in=slugs).only("slug", "input_schema")
+    return param_types(ToolParams(tool.slug, tool.input_schema) for tool in tools)
+
+
+def controls_text(version: BookVersion) -> str:
+    return CONTROLS_HEADER + compile_controls(_controls(version))
+
+
+def book_compile(version: BookVersion) -> tuple[str, str]:
+    """(policy text, Cedar schema) for a version's current content."""
+    raw = version.raw_policies.strip()
+    text = controls_text(version) + (RAW_HEADER + raw + "\n" if raw else "")
+    return text, build_schema(_params(version))
+
+
+def book_problems(version: BookVersion) -> list[PolicyProblem]:
+    """Everything that stops a draft from being published."""
+    problems: list[PolicyProblem] = []
+    known = set(Tool.objects.values_list("slug", flat=True))
+    for position, entry in enumerate(version.tools or [], start=1):
+        try:
+            rule = ToolRule.model_validate(entry)
+        except ValidationError as exc:
+            cause = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+            problems.append(PolicyProblem("controls", position, "tools", cause))
+            continue
+        if rule.tool not in known:
+            problems.append(
+                PolicyProblem("controls", position, "tools", f"No tool {rule.tool!r} is registered")
+            )
+    start, end = version.business_hours_start, version.business_hours_end
+    if (start is None) != (end is None):
+        problems.append(
+            PolicyProblem("controls", 1, "business-hours", "Give both the start and the end hour")
+        )
+    elif start is not None and end is not None and start >= end:
+        problems.append(
+            PolicyProblem(
+                "controls", 1, "business-hours", "The start hour must come before the end"
+            )
+        )
+    if version.escalation_owner_id is None:
+        problems.append(
+            PolicyProblem("controls", 1, "escalation-owner", "Name an escalation owner")
+        )
+    schema = build_schema(_params(version))
+    problems += validate_policies(
+        compile_controls(_controls(version)), version.raw_policies, schema
+    )
+    return problems
+
+
+_cache: dict[int, CompiledPolicies] = {}
+_cache_lock = Lock()
+
+
+def compiled_for(version: BookVersion) -> CompiledPolicies:
+    """The parsed policy set of a version. Published versions never change, so theirs is kept
+    for the life of the process; a draft is compiled afresh each time."""
+    if version.is_draft:
+        text, _ = book_compile(version)
+        return CompiledPolicies(text, _params(version))
+    compiled = _cache.get(version.pk)
+    if compiled is None:
+        with _cache_lock:
+            compiled = _cache.get(version.pk)
+            if compiled is None:
+                compiled = CompiledPolicies(version.policy_text, _params(version))
+                _cache[version.pk] = compiled
+    return compiled
+
+
+@dataclass(frozen=True)
+class BookDecision:
+    decision: str  # allow | hold | deny | observe
+    reasons: tuple[Reason, ...]
+    policy: PolicyVerdict
+    spot_check: bool = False
+
+
+MODE_REASONS = {
+    AutonomyMode.OBSERVE: Reason(
+        "autonomy-observe", "Observe mode: decisions are logged, nothing is executed"
+    ),
+    AutonomyMode.ASSIST: Reason(
+        "autonomy-assist", "Assist mode: every allowed action waits for a person"
+    ),
+}
+RED_ZONE = Reason("red-zone", "Red-zone tool: people approve every use")
+YELLOW_HELD = Reason(
+    "yellow-zone", "Yellow-zone tool in constrained mode: a person approves before it runs"
+)
+
+
+def zone_of(version: BookVersion, tool_slug: str, default: str) -> str:
+    for rule in tool_rules(version):
+        if rule.tool == tool_slug:
+            return rule.risk_zone
+    return default
+
+
+def book_decide(version: BookVersion, facts: ActionFacts) -> BookDecision:
+    """The policy's verdict, then the book's autonomy mode and risk zones on top of it."""
+    verdict = decide(compiled_for(version), facts)
+    mode = version.autonomy_mode
+    if mode == AutonomyMode.OBSERVE:
+        return BookDecision(
+            "observe", (MODE_REASONS[AutonomyMode.OBSERVE], *verdict.reasons), verdict
+        )
+    if verdict.outcome != "allow":
+        return BookDecision(verdict.outcome, verdict.reasons, verdict)
+    if facts.tool_zone == "red":
+        return BookDecision("hold", (RED_ZONE,), verdict)
+    if mode == AutonomyMode.ASSIST:
+        return BookDecision("hold", (MODE_REASONS[AutonomyMode.ASSIST], *verdict.reasons), verdict)
+    if facts.tool_zone == "yellow":
+        if mode == AutonomyMode.CONSTRAINED:
+            return BookDecision("hold", (YELLOW_HELD,), verdict)
+        return BookDecision("allow", verdict.reasons, verdict, spot_check=True)
+    return BookDecision("allow", verdict.reasons, verdict)
+
+
+def confidence_from(value: float | str | Decimal | None) -> Decimal | None:
+    if value is None:
+        return None
+    return Decimal(str(value))

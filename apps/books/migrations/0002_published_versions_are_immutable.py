@@ -57,7 +57,7 @@ def _sqlite_statements(columns: list[str]) -> list[str]:
 def install(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     if connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_UP)
+        schema_editor.execute(POSTGRES_UP, params=None)
     elif connection.vendor == "sqlite":
         with connection.cursor() as cursor:
             columns = [
@@ -73,7 +73,7 @@ def install(apps: Any, schema_editor: Any) -> None:
 def remove(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     if connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_DOWN)
+        schema_editor.execute(POSTGRES_DOWN, params=None)
     elif connection.vendor == "sqlite":
         schema_editor.execute("DROP TRIGGER IF EXISTS books_version_immutable_update")
         schema_editor.execute("DROP TRIGGER IF EXISTS books_version_immutable_delete")

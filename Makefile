@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PORT ?= 8000
 
-.PHONY: help venv run test pytest lint format clean
+.PHONY: help venv run test pytest lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ lint: venv  ## ruff (lint + format check) and mypy
 format: venv  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: venv  ## the benchmarks in bench/ (figures go to docs/benchmarks.md)
+	scripts/test-services.sh $(BIN)/python bench/run.py
 
 clean:  ## remove the database, broker files and services under var/
 	rm -rf var/

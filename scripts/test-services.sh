@@ -9,8 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=.venv/bin/python
-STATE="$ROOT/var/test-services"
-mkdir -p "$STATE"
+# One folder per run, so that runs side by side (two terminals, CI and a developer) never share
+# a data directory.
+mkdir -p "$ROOT/var/test-services"
+STATE=$(mktemp -d "$ROOT/var/test-services/run.XXXXXX")
+chmod 755 "$STATE"
 
 say() { echo "test-services: $*"; }
 die() { echo "test-services: $*" >&2; exit 1; }
@@ -46,10 +49,12 @@ PYEOF
 
 cleanup_steps=()
 cleanup() {
-  local step
-  for step in "${cleanup_steps[@]}"; do eval "$step" || true; done
+  # Newest first: stop the servers before their folders go.
+  local i
+  for ((i = ${#cleanup_steps[@]} - 1; i >= 0; i--)); do eval "${cleanup_steps[i]}" || true; done
 }
 trap cleanup EXIT
+cleanup_steps+=("rm -rf $STATE")
 
 start_postgres() {
   local bindir=""

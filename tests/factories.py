@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import User
 
 from apps.books.models import BookVersion
+from apps.books.policy.engine import ActionFacts
 from apps.books.services import book_publish, draft_create, draft_update
 from apps.registry.models import Agent, Tool, Workflow
 
@@ -85,3 +88,28 @@ def make_published_book(
     }
     draft_update(version_id=draft.pk, user=author, values=content)
     return book_publish(version_id=draft.pk, user=author, change_note=note)
+
+
+# A refund-bot refund of 30.00 EUR on Wednesday 5 March 2025, 10:00 UTC (business hours).
+WEDNESDAY_10 = datetime(2025, 3, 5, 10, 0, tzinfo=UTC)
+
+
+def refund_facts(**changes: Any) -> ActionFacts:
+    """The facts of one refund proposal by refund-bot; keyword arguments replace fields."""
+    facts = ActionFacts(
+        agent="refund-bot",
+        agent_risk_tier="low",
+        agent_workflows=("refunds",),
+        tool="issue_refund",
+        tool_zone="yellow",
+        tool_reversible=True,
+        workflow="refunds",
+        at=WEDNESDAY_10,
+        params={"order_id": "1042", "amount_cents": 3000, "currency": "EUR", "reason": "damaged"},
+        amount=3000,
+        currency="EUR",
+        confidence=Decimal("0.9"),
+        segment="retail",
+        subject="order:1042",
+    )
+    return dataclasses.replace(facts, **changes)

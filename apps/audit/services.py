@@ -80,10 +80,12 @@ def audit_record(
     transaction, which keeps the chain in commit order."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
-    head, _ = ChainHead.objects.get_or_create(pk=1)
+    ChainHead.objects.get_or_create(pk=1)
     head = ChainHead.objects.select_for_update().get(pk=1)
     actor_type, actor_name = _actor(actor)
-    payload = data or {}
+    # Stored exactly as digested: through JSON and back, so Decimals and datetimes become the
+    # strings the verifier will read.
+    payload = json.loads(canonical_json(data or {}))
     digest = payload_digest(payload)
     sequence = head.last_sequence + 1
     created_at = timezone.now()

@@ -3,9 +3,12 @@ with its schema, check it, cache it, and decide actions under the book's autonom
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from threading import Lock
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,7 +18,7 @@ from apps.books.policy.compiler import Controls, compile_controls
 from apps.books.policy.engine import ActionFacts, CompiledPolicies, PolicyVerdict, Reason, decide
 from apps.books.policy.schema import ToolParams, build_schema, param_types
 from apps.books.policy.validation import PolicyProblem, validate_policies
-from apps.registry.models import Tool
+from apps.registry.models import Agent, Tool
 
 CONTROLS_HEADER = "// Compiled from the Decision Book's controls. Edit the form, not this text.\n"
 RAW_HEADER = "\n// Raw Cedar policies of this book.\n"
@@ -173,3 +176,35 @@ def confidence_from(value: float | str | Decimal | None) -> Decimal | None:
     if value is None:
         return None
     return Decimal(str(value))
+
+
+def action_facts(
+    *,
+    version: BookVersion,
+    agent: Agent,
+    tool: Tool,
+    params: Mapping[str, Any],
+    confidence: Decimal | None,
+    at: datetime,
+    segment: str = "",
+    subject: str = "",
+) -> ActionFacts:
+    """What the policy sees of one proposed action, from the registry and the book."""
+    amount = params.get(tool.amount_param) if tool.amount_param else None
+    currency = params.get("currency")
+    return ActionFacts(
+        agent=agent.slug,
+        agent_risk_tier=agent.risk_tier,
+        agent_workflows=tuple(sorted(agent.workflows.values_list("slug", flat=True))),
+        tool=tool.slug,
+        tool_zone=zone_of(version, tool.slug, tool.risk_zone),
+        tool_reversible=tool.reversible,
+        workflow=version.workflow.slug,
+        at=at,
+        params=params,
+        amount=amount if type(amount) is int else None,
+        currency=currency if isinstance(currency, str) else version.currency,
+        confidence=confidence,
+        segment=segment,
+        subject=subject,
+    )

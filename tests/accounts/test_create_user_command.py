@@ -72,10 +72,41 @@ def test_seed_demo__twice__one_user_per_role_with_stable_logins(
     first, second = StringIO(), StringIO()
     call_command("seed_demo", stdout=first)
     call_command("seed_demo", stdout=second)
-    assert first.getvalue() == second.getvalue()
+    # The second run creates nothing and prints the same logins
+    assert "Demo world: created" in first.getvalue()
+    assert "Demo world: created" not in second.getvalue()
+    logins = first.getvalue()[first.getvalue().index("Demo logins") :]
+    assert second.getvalue() == logins
     for name in ("supervisor", "risk", "finance", "oncall", "admin"):
         user = User.objects.get(username=name)
         assert list(user.groups.values_list("name", flat=True)) == [name]
-    supervisor_line = next(line for line in first.getvalue().splitlines() if "supervisor" in line)
+    supervisor_line = next(line for line in logins.splitlines() if "supervisor" in line)
     password = supervisor_line.split()[1]
     assert User.objects.get(username="supervisor").check_password(password)
+
+
+def test_seed_demo__world__three_workflows_with_published_books(
+    settings: object, tmp_path: object
+) -> None:
+    from apps.books.models import BookVersion
+    from apps.registry.models import Agent, Tool
+
+    setattr(settings, "VAR_DIR", tmp_path)  # noqa: B010
+    call_command("seed_demo", stdout=StringIO())
+    published = BookVersion.objects.filter(status="published")
+    assert sorted(v.workflow.slug for v in published) == [
+        "access-requests",
+        "invoice-matching",
+        "refunds",
+    ]
+    refund_bot = Agent.objects.get(slug="refund-bot")
+    assert list(refund_bot.workflows.values_list("slug", flat=True)) == ["refunds"]
+    schema = Tool.objects.get(slug="issue_refund").input_schema
+    assert sorted(schema["properties"]) == ["amount_cents", "currency", "order_id", "reason"]
+    refunds = published.get(workflow__slug="refunds")
+    assert refunds.tools[0] == {
+        "tool": "issue_refund",
+        "risk_zone": "yellow",
+        "auto_cap": 5000,
+        "hard_cap": 50000,
+    }

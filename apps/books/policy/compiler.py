@@ -24,7 +24,8 @@ class Controls:
 
 
 def money(minor: int, currency: str) -> str:
-    return f"{minor / 100:,.2f} {currency}"
+    # Decimal, not float: a float cannot hold every large amount to the cent.
+    return f"{Decimal(minor).scaleb(-2):,.2f} {currency}"
 
 
 def _quote(value: str) -> str:
@@ -53,7 +54,8 @@ def compile_controls(controls: Controls) -> str:
             + (f" ({', '.join(slugs)})" if slugs else "; none is listed"),
             "forbid",
             "principal, action, resource",
-            f"unless {{ resource in [{listed}] }}",
+            # Cedar refuses an empty set literal: with no tool listed, everything is forbidden.
+            f"unless {{ resource in [{listed}] }}" if slugs else "",
         )
     )
     for rule in controls.tools:

@@ -8,6 +8,13 @@ Speed: parsing is done once per policy set (`CompiledPolicies`) and once per age
 (`_entities`); a decision then builds one small request. Principals and resources are passed as
 {type, id} dicts, which cedarpy reads about ten times faster than `Type::"id"` strings, and the
 `propose` question is only asked when `execute` was refused.
+
+Each question goes to a slice of the set: the policies whose scope can match that action on that
+tool, with only the context fields they read. Cedar checks a policy's scope before its
+conditions, so a policy scoped to another action or tool can neither match nor fail, and a field
+no remaining policy reads cannot change the answer: the verdict is the one of the whole set, but
+Cedar's cost grows with the policies it evaluates and the context it parses (the confidence
+decimal above all); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -17,14 +24,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
 import cedarpy
 from cedarpy import _internal
-
-from apps.books.policy.source import split_statements
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ CEDAR_LONG_MAX = 2**63 - 1
 
 NO_EXECUTE_PERMIT_ID = "no-permit-to-run"
 NO_PROPOSE_PERMIT_ID = "no-permit-to-propose"
+NOT_EVALUATED_ID = "not-evaluated"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,15 @@ class ActionFacts:
     subject: str = ""
 
 
+@dataclass(frozen=True)
+class PolicySlice:
+    """The policies that can apply to one action on one tool, and the context fields they read
+    (None when one of them uses the context as a whole)."""
+
+    policy_set: Any
+    fields: frozenset[str] | None
+
+
 class CompiledPolicies:
     """A parsed policy set with the @id and @message of each policy, ready to decide."""
 
@@ -78,19 +93,97 @@ class CompiledPolicies:
         self.text = text
         self.param_types = dict(param_types)
         self.policy_set = cedarpy.PolicySet.from_str(text)
-        # Cedar names policies policy0, policy1, ... in order of appearance.
+        # Cedar's own JSON form of the policies (named policy0, policy1, ... in order of
+        # appearance), for their annotations and scopes.
+        document = json.loads(cedarpy.policies_to_json_str(text))
+        self.policies: dict[str, dict[str, Any]] = document.get("staticPolicies", {})
         self.reasons = {
-            f"policy{index}": Reason(
-                statement.policy_id or f"policy{index}",
-                statement.message or statement.policy_id or "(no message)",
-            )
-            for index, statement in enumerate(split_statements(text))
+            cedar_id: _reason(cedar_id, policy.get("annotations") or {})
+            for cedar_id, policy in self.policies.items()
         }
+        # Templates are not sliced (a book has none; a linked one is decided on the whole set).
+        self._sliceable = not document.get("templates") and not document.get("templateLinks")
+        self._pinned_tools = {
+            scope["entity"]["id"]
+            for scope in (policy["resource"] for policy in self.policies.values())
+            if scope["op"] == "==" and scope.get("entity", {}).get("type") == "Tool"
+        }
+        self._slices: dict[tuple[str, str | None], PolicySlice] = {}
 
     def reasons_for(self, cedar_ids: list[str]) -> tuple[Reason, ...]:
         return tuple(
             self.reasons.get(cedar_id, Reason(cedar_id, cedar_id)) for cedar_id in cedar_ids
         )
+
+    def slice_for(self, action: str, tool: str) -> PolicySlice:
+        if not self._sliceable:
+            return PolicySlice(self.policy_set, None)
+        # Tools no policy names by `==` all share one slice, so there are at most
+        # 2 x (named tools + 1) of them, whatever tools are asked about.
+        key = (action, tool if tool in self._pinned_tools else None)
+        found = self._slices.get(key)
+        if found is None:
+            found = self._slices[key] = self._slice(action, key[1])
+        return found
+
+    def _slice(self, action: str, tool: str | None) -> PolicySlice:
+        kept = {
+            cedar_id: policy
+            for cedar_id, policy in self.policies.items()
+            if _may_apply(policy, action, tool)
+        }
+        # Cedar keeps the policy ids given here, so the reasons of the whole set still apply.
+        policy_set = cedarpy.PolicySet.from_json_str(
+            json.dumps({"staticPolicies": kept, "templates": {}, "templateLinks": []})
+        )
+        fields: set[str] = set()
+        whole = False
+        for policy in kept.values():
+            for condition in policy.get("conditions", []):
+                whole = not _context_fields(condition["body"], fields) or whole
+        return PolicySlice(policy_set, None if whole else frozenset(fields))
+
+
+def _reason(cedar_id: str, annotations: Mapping[str, str]) -> Reason:
+    policy_id = annotations.get("id") or cedar_id
+    return Reason(policy_id, annotations.get("message") or annotations.get("id") or "(no message)")
+
+
+def _may_apply(policy: Mapping[str, Any], action: str, tool: str | None) -> bool:
+    """False only when the policy's scope names another action, or another resource, by `==`:
+    then its scope is false for every request on that action and tool."""
+    scope = policy["action"]
+    if scope["op"] == "==" and scope.get("entity") != {"type": "Action", "id": action}:
+        return False
+    scope = policy["resource"]
+    return not (
+        scope["op"] == "=="
+        and (tool is None or scope.get("entity") != {"type": "Tool", "id": tool})
+    )
+
+
+_CONTEXT = {"Var": "context"}
+
+
+def _context_fields(node: Any, fields: set[str]) -> bool:
+    """Add the context fields an expression (Cedar JSON) reads to `fields`; False when it uses
+    the context in another way (as a whole value), which needs every field."""
+    if isinstance(node, dict):
+        if len(node) == 1:
+            ((operator, operand),) = node.items()
+            if (
+                operator in (".", "has")
+                and isinstance(operand, dict)
+                and operand.get("left") == _CONTEXT
+            ):
+                fields.add(operand["attr"])
+                return True
+        if node == _CONTEXT:
+            return False
+        return all(_context_fields(value, fields) for value in node.values())
+    if isinstance(node, list):
+        return all(_context_fields(value, fields) for value in node)
+    return True
 
 
 @lru_cache(maxsize=4096)
@@ -116,9 +209,25 @@ def _entities(
     return cedarpy.Entities.from_json_str(json.dumps(document))._inner
 
 
+_WIDE = Context(prec=100)
+# A Cedar decimal is a 64-bit integer of ten-thousandths.
+_CEDAR_DECIMAL_MIN = Decimal(-(2**63)).scaleb(-4)
+_CEDAR_DECIMAL_MAX = Decimal(2**63 - 1).scaleb(-4)
+
+
+def is_cedar_decimal(value: Decimal) -> bool:
+    if not value.is_finite() or value.adjusted() > 50:
+        return False
+    rounded = value.quantize(Decimal("0.0001"), context=_WIDE)
+    return _CEDAR_DECIMAL_MIN <= rounded <= _CEDAR_DECIMAL_MAX
+
+
 def _decimal_literal(value: Decimal) -> str:
-    # Cedar decimals carry at most four places.
-    return f"{value.quantize(Decimal('0.0001')):f}"
+    # Cedar decimals carry at most four places. A value out of Cedar's range (or not a number),
+    # which `decide` refuses before, is passed on as it is for Cedar to refuse.
+    if not value.is_finite() or value.adjusted() > 50:
+        return str(value)
+    return f"{value.quantize(Decimal('0.0001'), context=_WIDE):f}"
 
 
 def build_context(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[str, Any]:
@@ -149,9 +258,7 @@ def build_context(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[st
     }
 
 
-def _ask(
-    compiled: CompiledPolicies, facts: ActionFacts, action: str, context: str
-) -> dict[str, Any]:
+def _ask(policies: PolicySlice, facts: ActionFacts, action: str, context: str) -> dict[str, Any]:
     request = {
         "principal": {"type": "Agent", "id": facts.agent},
         "action": {"type": "Action", "id": action},
@@ -167,15 +274,48 @@ def _ask(
         facts.tool_reversible,
     )
     answer: dict[str, Any] = json.loads(
-        _internal.is_authorized_batch([request], compiled.policy_set, entities, None, False)[0]
+        _internal.is_authorized_batch([request], policies.policy_set, entities, None, False)[0]
     )
     return answer
 
 
+def _not_evaluated(facts: ActionFacts, errors: tuple[str, ...]) -> PolicyVerdict:
+    # The request could not be built (a confidence out of Cedar's decimal range, say): no
+    # policy ran, so nothing permits the action.
+    logger.warning("policy request refused for %s/%s: %s", facts.workflow, facts.tool, errors)
+    cause = "; ".join(errors) or "no decision"
+    return PolicyVerdict(
+        "deny",
+        (Reason(NOT_EVALUATED_ID, f"The policies could not evaluate this action: {cause}"),),
+        errors,
+    )
+
+
+def context_json(context: Mapping[str, Any], fields: frozenset[str] | None) -> str:
+    if fields is None:
+        return json.dumps(context)
+    return json.dumps({name: value for name, value in context.items() if name in fields})
+
+
+def _ask_slice(
+    compiled: CompiledPolicies, facts: ActionFacts, action: str, context: Mapping[str, Any]
+) -> dict[str, Any]:
+    policies = compiled.slice_for(action, facts.tool)
+    return _ask(policies, facts, action, context_json(context, policies.fields))
+
+
 def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
-    context = json.dumps(build_context(facts, compiled.param_types))
-    execute = _ask(compiled, facts, "execute", context)
+    if facts.confidence is not None and not is_cedar_decimal(facts.confidence):
+        # Checked here, not left to Cedar: a slice that does not read the confidence would not
+        # notice, and the verdict must not depend on which policies a question reaches.
+        return _not_evaluated(
+            facts, (f"the confidence {facts.confidence} is out of the range of a Cedar decimal",)
+        )
+    context = build_context(facts, compiled.param_types)
+    execute = _ask_slice(compiled, facts, "execute", context)
     errors = tuple(str(error) for error in execute["diagnostics"].get("errors", []))
+    if execute["decision"] not in ("Allow", "Deny"):
+        return _not_evaluated(facts, errors)
     if execute["decision"] == "Allow":
         return PolicyVerdict(
             "allow", compiled.reasons_for(execute["diagnostics"]["reason"]), errors
@@ -183,8 +323,10 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
     held_by = compiled.reasons_for(execute["diagnostics"]["reason"]) or (
         Reason(NO_EXECUTE_PERMIT_ID, "No policy permits running this action without review"),
     )
-    propose = _ask(compiled, facts, "propose", context)
+    propose = _ask_slice(compiled, facts, "propose", context)
     errors += tuple(str(error) for error in propose["diagnostics"].get("errors", []))
+    if propose["decision"] not in ("Allow", "Deny"):
+        return _not_evaluated(facts, errors)
     if errors:
         # A policy that fails to evaluate is skipped by Cedar; say so, it may be a bug.
         logger.warning("policy evaluation errors for %s/%s: %s", facts.workflow, facts.tool, errors)

@@ -43,7 +43,9 @@ def param_types(tools: Iterable[ToolParams]) -> dict[str, str]:
         if not isinstance(properties, Mapping):
             continue
         for name, spec in properties.items():
-            cedar = _CEDAR_TYPES.get(spec.get("type", "")) if isinstance(spec, Mapping) else None
+            # A JSON Schema "type" may also be a list (["string", "null"]): not a simple type.
+            json_type = spec.get("type") if isinstance(spec, Mapping) else None
+            cedar = _CEDAR_TYPES.get(json_type) if isinstance(json_type, str) else None
             if cedar is None or not _IDENTIFIER.match(name):
                 continue
             if name in seen and seen[name] != cedar:

@@ -7,6 +7,13 @@ import re
 from dataclasses import dataclass
 
 _ANNOTATION = re.compile(r'@(\w+)\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
+_ESCAPE = re.compile(r'\\([\\"\'ntr0])')
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+
+
+def _unescape(value: str) -> str:
+    # Annotation values are Cedar strings: a message saying `"hi"` is written `\"hi\"`.
+    return _ESCAPE.sub(lambda match: _ESCAPED.get(match.group(1), match.group(1)), value)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,10 @@ def _append(statements: list[Statement], text: str, start: int, end: int, first_
         stripped = body[newline + 1 :]
         offset += len(stripped) - len(stripped.lstrip())
         body = stripped.lstrip()
+    if not body:
+        return  # only comments (one with a quote in it escapes the emptiness check above)
     line = first_line + text.count("\n", 0, offset)
-    annotations = {match.group(1): match.group(2) for match in _ANNOTATION.finditer(body)}
+    annotations = {
+        match.group(1): _unescape(match.group(2)) for match in _ANNOTATION.finditer(body)
+    }
     statements.append(Statement(text=body, line=line, annotations=annotations))

@@ -42,7 +42,7 @@ def validate_policies(compiled_controls: str, raw: str, schema: str) -> list[Pol
         ("controls", statement) for statement in split_statements(compiled_controls)
     ] + [("raw", statement) for statement in split_statements(raw)]
     problems: list[PolicyProblem] = []
-    seen_ids: dict[str, int] = {}
+    seen_ids: dict[str, tuple[Section, int]] = {}
     for section, statement in located:
         try:
             cedarpy.PolicySet.from_str(statement.text)
@@ -67,17 +67,20 @@ def validate_policies(compiled_controls: str, raw: str, schema: str) -> list[Pol
                 )
         if statement.policy_id:
             if statement.policy_id in seen_ids:
+                first_section, first_line = seen_ids[statement.policy_id]
+                # Line numbers count within each section: name the other one.
+                where = "" if first_section == section else f" of the {first_section}"
                 problems.append(
                     PolicyProblem(
                         section,
                         statement.line,
                         statement.policy_id,
                         f"The @id {statement.policy_id!r} is already used at line "
-                        f"{seen_ids[statement.policy_id]}",
+                        f"{first_line}{where}",
                     )
                 )
             else:
-                seen_ids[statement.policy_id] = statement.line
+                seen_ids[statement.policy_id] = (section, statement.line)
     if problems:
         return problems
     text = "\n".join(statement.text for _, statement in located)

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 
 from apps.accounts.demo import demo_users_ensure
+from apps.books.demo import demo_world_ensure
 
 
 class Command(BaseCommand):
-    help = "Create the demo world (one user per role) and print the logins."
+    help = "Create the demo world (users per role, workflows, agents, books); print the logins."
 
     def handle(self, *args: Any, **options: Any) -> None:
         logins = demo_users_ensure()
+        created = demo_world_ensure(
+            author=User.objects.get(username="risk"),
+            owner=User.objects.get(username="admin"),
+            escalation_owner=User.objects.get(username="supervisor"),
+        )
+        if created:
+            self.stdout.write("Demo world: created " + ", ".join(created))
         self.stdout.write("Demo logins (user / password / role):")
         for login in logins:
             roles = ", ".join(role.value for role in login.roles)

@@ -1,0 +1,87 @@
+"""The audit trail is one hash chain; verification finds the first event that was altered."""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, transaction
+
+from apps.accounts.roles import Role
+from apps.audit.models import AuditEvent
+from apps.audit.selectors import audit_verify
+from apps.audit.services import audit_record
+from apps.registry.models import Workflow
+
+pytestmark = pytest.mark.django_db
+
+
+def record_events(count: int) -> Workflow:
+    workflow = Workflow.objects.create(slug="claims", name="Claims")
+    for number in range(count):
+        with transaction.atomic():
+            audit_record(actor="system", verb="test.event", target=workflow, data={"n": number})
+    return workflow
+
+
+def test_chain__appended__links_each_event_to_the_one_before() -> None:
+    record_events(3)
+    events = list(AuditEvent.objects.order_by("sequence"))
+    assert [event.sequence for event in events] == [1, 2, 3]
+    assert events[0].previous_hash == "0" * 64
+    assert events[1].previous_hash == events[0].hash
+    assert events[2].previous_hash == events[1].hash
+    assert audit_verify().intact
+
+
+def test_verify__payload_tampered_out_of_band__names_that_event() -> None:
+    # Given five events, and the third one's payload edited directly in the database
+    record_events(5)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET payload = %s WHERE sequence = 3", ['{"n": 99}'])
+    # When the chain is verified
+    report = audit_verify()
+    # Then it is broken at exactly that event
+    assert not report.intact
+    assert report.first_bad_sequence == 3
+    assert report.checked == 2
+    assert report.problem == "its payload does not match its digest"
+
+
+def test_verify__event_removed__names_the_gap() -> None:
+    record_events(4)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE sequence = 2")
+    report = audit_verify()
+    assert (report.intact, report.first_bad_sequence) == (False, 2)
+    assert report.problem == "event #2 is missing"
+
+
+def test_verify__actor_rewritten_with_digest_kept__hash_mismatch() -> None:
+    record_events(2)
+    AuditEvent.objects.filter(sequence=1).update(actor="mallory")
+    report = audit_verify()
+    assert (report.first_bad_sequence, report.problem) == (1, "its fields do not match its hash")
+
+
+def test_audit_verify_command__intact_and_broken(capsys: pytest.CaptureFixture[str]) -> None:
+    record_events(3)
+    out = StringIO()
+    call_command("audit_verify", stdout=out)
+    assert out.getvalue().strip() == "audit chain intact: 3 events verified"
+    AuditEvent.objects.filter(sequence=2).update(verb="test.other")
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("audit_verify")
+    assert exit_info.value.code == 1
+    assert "audit chain broken at event #2" in capsys.readouterr().err
+
+
+def test_audit_page__risk_user__sees_events_and_verdict(client_for: Any) -> None:
+    record_events(2)
+    response = client_for(Role.RISK).get("/audit/?verb=test.")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Chain intact: 2 events verified." in html
+    assert html.count("<code>test.event</code>") == 2

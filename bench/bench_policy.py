@@ -6,11 +6,10 @@ membership, confidence on other tools, currencies), each with an @id and a @mess
 against the schema like a published book. The policy set is parsed once, as for a published
 version; each timed call is one `decide()`, as the gate makes it.
 
-Rows: the allow path (one Cedar question), the hold path (two: `execute` refused, `propose`
-permitted), and, for comparison only, the allow path's Cedar question with the confidence left
-out of the context (not a valid decision: the confidence policy fails and is skipped; it shows
-what parsing the Cedar decimal costs) and on the whole set with the whole context (what the
-engine's slicing saves). Cedar's own per-request metrics for the allow path close the table.
+Rows: the allow path (one question: `execute`) and the hold path (two: `execute` refused,
+`propose` permitted) as the gate decides them, on the in-process evaluator; the same two through
+cedarpy for comparison; and what one cedarpy question costs: its floor (one policy, empty
+context), without the confidence decimal, on the whole set, and Cedar's own metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +24,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import cedarpy
+
 from apps.books.content import ToolRule
+from apps.books.policy import engine
 from apps.books.policy.compiler import Controls, compile_controls
 from apps.books.policy.engine import (
     CompiledPolicies,
@@ -196,30 +198,64 @@ def row(case: str, samples_us: list[float], *, target: bool, rate: bool = True) 
     }
 
 
+def _cedarpy_only(text: str, types: dict[str, str]) -> CompiledPolicies:
+    """The same policies, every question asked of cedarpy (as with POLICY_EVALUATOR=cedar)."""
+    saved = engine.USE_NATIVE
+    engine.USE_NATIVE = False
+    try:
+        compiled = CompiledPolicies(text, types)
+        for action in ("execute", "propose"):
+            compiled.slice_for(action, ALLOW.tool)  # slices are built now, without the evaluator
+    finally:
+        engine.USE_NATIVE = saved
+    return compiled
+
+
 def main() -> list[dict[str, Any]]:
     controls, raw, types = policy_set()
     compiled = CompiledPolicies(controls + raw, types)
+    through_cedarpy = _cedarpy_only(controls + raw, types)
 
-    def allow_path() -> object:
-        return decide(compiled, ALLOW)
-
-    def hold_path() -> object:
-        return decide(compiled, HOLD)
-
-    allow, hold = decide(compiled, ALLOW), decide(compiled, HOLD)
-    if allow.outcome != "allow" or hold.outcome != "hold" or allow.errors or hold.errors:
-        raise RuntimeError(f"unexpected verdicts: allow path {allow}, hold path {hold}")
+    for policies in (compiled, through_cedarpy):
+        allow, hold = decide(policies, ALLOW), decide(policies, HOLD)
+        if allow.outcome != "allow" or hold.outcome != "hold" or allow.errors or hold.errors:
+            raise RuntimeError(f"unexpected verdicts: allow path {allow}, hold path {hold}")
+    if compiled.slice_for("execute", ALLOW.tool).native is None:
+        raise RuntimeError("the benchmark's policies should run on the in-process evaluator")
 
     rows = [
-        row("allow path: decide(), 1 Cedar question", _us(measure(allow_path, N)), target=True),
-        row("hold path: decide(), 2 Cedar questions", _us(measure(hold_path, N)), target=True),
+        row(
+            "allow path: decide(), 1 question, in-process evaluator",
+            _us(measure(lambda: decide(compiled, ALLOW), N)),
+            target=True,
+        ),
+        row(
+            "hold path: decide(), 2 questions, in-process evaluator",
+            _us(measure(lambda: decide(compiled, HOLD), N)),
+            target=True,
+        ),
+        row(
+            "comparison: allow path, every question through cedarpy",
+            _us(measure(lambda: decide(through_cedarpy, ALLOW), N)),
+            target=False,
+        ),
+        row(
+            "comparison: hold path, every question through cedarpy",
+            _us(measure(lambda: decide(through_cedarpy, HOLD), N)),
+            target=False,
+        ),
     ]
 
-    # For comparison only, the allow path's question (a) without the confidence decimal: not a
-    # valid decision (the confidence policy fails and is skipped), but it shows what parsing the
-    # decimal costs; (b) on the whole set and the whole context, as before slicing.
-    sliced = compiled.slice_for("execute", ALLOW.tool)
+    # What one cedarpy question costs, and why: (a) its floor, one policy and an empty context;
+    # (b) the allow path's question without the confidence decimal (not a valid decision: the
+    # confidence policy fails and is skipped), to show what parsing the decimal costs; (c) on
+    # the whole set and the whole context, as before slicing.
+    sliced = through_cedarpy.slice_for("execute", ALLOW.tool)
     whole = PolicySlice(compiled.policy_set, None)
+    floor = PolicySlice(cedarpy.PolicySet.from_str("permit (principal, action, resource);"), None)
+
+    def empty_request() -> object:
+        return _ask(floor, ALLOW, "execute", "{}")
 
     def without_decimal() -> object:
         context = build_context(ALLOW, compiled.param_types)
@@ -231,18 +267,19 @@ def main() -> list[dict[str, Any]]:
         return _ask(whole, ALLOW, "execute", context_json(context, None))
 
     for case, call in (
-        ("comparison, not a decision: allow path without the confidence decimal", without_decimal),
-        ("comparison: allow path on all 50 policies and the whole context", whole_set),
+        ("cedarpy floor: one policy, empty context", empty_request),
+        ("cedarpy: allow question without the confidence decimal", without_decimal),
+        ("cedarpy: allow question on all 50 policies, whole context", whole_set),
     ):
         rows.append(row(case, _us(measure(call, N)), target=False))
 
-    # Cedar's own account of the allow path's question: building the request (parsing the
-    # context, decimal included) and authorizing it. The rest is the Python binding and ours.
+    # Cedar's own account of the allow path's question through cedarpy: building the request
+    # (parsing the context, decimal included) and authorizing it.
     context = context_json(build_context(ALLOW, compiled.param_types), sliced.fields)
     metrics = [_ask(sliced, ALLOW, "execute", context)["metrics"] for _ in range(N // 4)]
     for key, case in (
-        ("build_request_duration_micros", "allow path, Cedar's metric: building the request"),
-        ("authz_duration_micros", "allow path, Cedar's metric: authorization"),
+        ("build_request_duration_micros", "cedarpy allow question, Cedar's metric: build request"),
+        ("authz_duration_micros", "cedarpy allow question, Cedar's metric: authorization"),
     ):
         rows.append(row(case, [float(m[key]) for m in metrics], target=False, rate=False))
     return rows

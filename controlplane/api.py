@@ -5,6 +5,7 @@ from __future__ import annotations
 from ninja import NinjaAPI
 
 from apps.accounts.api import router as accounts_router
+from apps.actions.api import router as actions_router
 from apps.core.api_errors import install_error_handlers
 
 api = NinjaAPI(
@@ -19,3 +20,4 @@ api = NinjaAPI(
 install_error_handlers(api)
 
 api.add_router("/", accounts_router)
+api.add_router("/", actions_router)

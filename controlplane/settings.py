@@ -46,6 +46,8 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.ledger",
     "apps.killswitches",
+    "apps.actions",
+    "apps.sandbox",
 ]
 
 MIDDLEWARE = [

@@ -16,6 +16,7 @@ urlpatterns = [
     path("audit/", include("apps.audit.urls")),
     path("ledger/", include("apps.ledger.urls")),
     path("oncall/", include("apps.killswitches.urls")),
+    path("sandbox/", include("apps.sandbox.urls")),
     path("", include("apps.core.urls")),
 ]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from apps.accounts.roles import Role
 from apps.audit.models import AuditEvent
@@ -16,6 +16,15 @@ from apps.audit.services import audit_record
 from apps.registry.models import Workflow
 
 pytestmark = pytest.mark.django_db
+
+
+def out_of_band(sql: str, params: list[Any] | None = None) -> None:
+    """Change the audit table the way an attacker with the database owner's rights could:
+    with the append-only trigger switched off (inside the test's transaction only)."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_append_only")
+        cursor.execute(sql, params or [])
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_append_only")
 
 
 def record_events(count: int) -> Workflow:
@@ -39,8 +48,7 @@ def test_chain__appended__links_each_event_to_the_one_before() -> None:
 def test_verify__payload_tampered_out_of_band__names_that_event() -> None:
     # Given five events, and the third one's payload edited directly in the database
     record_events(5)
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_auditevent SET payload = %s WHERE sequence = 3", ['{"n": 99}'])
+    out_of_band("UPDATE audit_auditevent SET payload = %s WHERE sequence = 3", ['{"n": 99}'])
     # When the chain is verified
     report = audit_verify()
     # Then it is broken at exactly that event
@@ -52,8 +60,7 @@ def test_verify__payload_tampered_out_of_band__names_that_event() -> None:
 
 def test_verify__event_removed__names_the_gap() -> None:
     record_events(4)
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM audit_auditevent WHERE sequence = 2")
+    out_of_band("DELETE FROM audit_auditevent WHERE sequence = 2")
     report = audit_verify()
     assert (report.intact, report.first_bad_sequence) == (False, 2)
     assert report.problem == "event #2 is missing"
@@ -61,7 +68,7 @@ def test_verify__event_removed__names_the_gap() -> None:
 
 def test_verify__actor_rewritten_with_digest_kept__hash_mismatch() -> None:
     record_events(2)
-    AuditEvent.objects.filter(sequence=1).update(actor="mallory")
+    out_of_band("UPDATE audit_auditevent SET actor = 'mallory' WHERE sequence = 1")
     report = audit_verify()
     assert (report.first_bad_sequence, report.problem) == (1, "its fields do not match its hash")
 
@@ -71,7 +78,7 @@ def test_audit_verify_command__intact_and_broken(capsys: pytest.CaptureFixture[s
     out = StringIO()
     call_command("audit_verify", stdout=out)
     assert out.getvalue().strip() == "audit chain intact: 3 events verified"
-    AuditEvent.objects.filter(sequence=2).update(verb="test.other")
+    out_of_band("UPDATE audit_auditevent SET verb = 'test.other' WHERE sequence = 2")
     with pytest.raises(SystemExit) as exit_info:
         call_command("audit_verify")
     assert exit_info.value.code == 1
@@ -85,3 +92,33 @@ def test_audit_page__risk_user__sees_events_and_verdict(client_for: Any) -> None
     assert response.status_code == 200
     assert "Chain intact: 2 events verified." in html
     assert html.count("<code>test.event</code>") == 2
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit_auditevent SET actor = 'mallory' WHERE sequence = 1",
+        "DELETE FROM audit_auditevent WHERE sequence = 1",
+    ],
+)
+def test_audit_table__update_or_delete__refused_by_the_database(sql: str) -> None:
+    # Given a recorded event
+    record_events(1)
+    # When anyone tries to change or remove it with plain SQL
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql)
+    # Then it is still there, unchanged
+    event = AuditEvent.objects.get(sequence=1)
+    assert event.actor == "system"
+    assert audit_verify().intact
+
+
+def test_audit_orm__update__refused_too() -> None:
+    record_events(1)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        AuditEvent.objects.filter(sequence=1).update(verb="x")
+    assert AuditEvent.objects.get(sequence=1).verb == "test.event"

@@ -12,7 +12,15 @@ from apps.books.forms import DraftForm
 from apps.books.models import BookVersion
 from apps.books.services import draft_create
 from apps.registry.models import Tool, Workflow
-from tests.factories import make_agent, make_published_book, make_tool, make_workflow
+from tests.factories import (
+    REFUND_CONTROLS,
+    make_agent,
+    make_published_book,
+    make_tool,
+    make_workflow,
+)
+
+REFUND_OBJECTIVE = REFUND_CONTROLS["objective"]
 
 pytestmark = pytest.mark.django_db
 
@@ -234,3 +242,21 @@ def test_book_posts__supervisor__403_and_nothing_changes(
     )
     assert client.post("/books/refunds/v1/rollback/", {"change_note": "x"}).status_code == 403
     assert BookVersion.objects.get(workflow__slug="refunds", status="published").number == 1
+
+
+def test_draft_form__after_publish__cannot_reach_the_published_version(
+    client_for: Any, refunds: BookVersion
+) -> None:
+    # Given the draft published as v2, so that no draft is left
+    client = client_for(Role.RISK)
+    client.post("/books/refunds/draft/", form_data(refunds, publish="1", change_note="v2"))
+    published = BookVersion.objects.get(workflow__slug="refunds", status="published")
+    # When the editor form is posted again with other content
+    response = client.post(
+        "/books/refunds/draft/", form_data(published, save="1", sla_minutes="5", objective="x")
+    )
+    # Then there is no draft to write to, and v2 is untouched
+    assert response.status_code == 200
+    assert "No draft of refunds" in response.content.decode()
+    published.refresh_from_db()
+    assert (published.sla_minutes, published.objective) == (60, REFUND_OBJECTIVE)

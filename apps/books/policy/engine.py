@@ -15,21 +15,28 @@ conditions, so a policy scoped to another action or tool can neither match nor f
 no remaining policy reads cannot change the answer: the verdict is the one of the whole set, but
 Cedar's cost grows with the policies it evaluates and the context it parses (the confidence
 decimal above all); see docs/benchmarks.md.
+
+Each slice is also compiled for the in-process evaluator (`native.py`), which answers the same
+questions without crossing into cedarpy; a slice using a construct that evaluator does not know
+is asked of cedarpy, and so is every slice when `POLICY_EVALUATOR=cedar` is set.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Context, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
 import cedarpy
 from cedarpy import _internal
+
+from apps.books.policy.native import CedarDecimal, EntityStore, NativePolicies, Uid
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,7 @@ class PolicySlice:
 
     policy_set: Any
     fields: frozenset[str] | None
+    native: NativePolicies | None = None
 
 
 class CompiledPolicies:
@@ -141,7 +149,8 @@ class CompiledPolicies:
         for policy in kept.values():
             for condition in policy.get("conditions", []):
                 whole = not _context_fields(condition["body"], fields) or whole
-        return PolicySlice(policy_set, None if whole else frozenset(fields))
+        native = NativePolicies.build(kept) if USE_NATIVE else None
+        return PolicySlice(policy_set, None if whole else frozenset(fields), native)
 
 
 def _reason(cedar_id: str, annotations: Mapping[str, str]) -> Reason:
@@ -186,11 +195,27 @@ def _context_fields(node: Any, fields: set[str]) -> bool:
     return True
 
 
-@lru_cache(maxsize=4096)
-def _entities(
+# The in-process evaluator unless told otherwise (`cedar`: every question goes to cedarpy).
+USE_NATIVE = os.environ.get("POLICY_EVALUATOR", "native").strip().lower() != "cedar"
+
+EntityKey = tuple[str, str, tuple[str, ...], str, str, bool]
+
+
+def _entity_key(facts: ActionFacts) -> EntityKey:
+    return (
+        facts.agent,
+        facts.agent_risk_tier,
+        facts.agent_workflows,
+        facts.tool,
+        facts.tool_zone,
+        facts.tool_reversible,
+    )
+
+
+def _entity_document(
     agent: str, risk_tier: str, workflows: tuple[str, ...], tool: str, zone: str, reversible: bool
-) -> Any:
-    document = [
+) -> list[dict[str, Any]]:
+    return [
         {
             "uid": {"type": "Agent", "id": agent},
             "attrs": {"risk_tier": risk_tier},
@@ -206,7 +231,16 @@ def _entities(
             "parents": [],
         },
     ]
-    return cedarpy.Entities.from_json_str(json.dumps(document))._inner
+
+
+@lru_cache(maxsize=4096)
+def _entities(*key: Any) -> Any:
+    return cedarpy.Entities.from_json_str(json.dumps(_entity_document(*key)))._inner
+
+
+@lru_cache(maxsize=4096)
+def _native_entities(*key: Any) -> EntityStore:
+    return EntityStore.from_json(_entity_document(*key))
 
 
 _WIDE = Context(prec=100)
@@ -230,7 +264,9 @@ def _decimal_literal(value: Decimal) -> str:
     return f"{value.quantize(Decimal('0.0001'), context=_WIDE):f}"
 
 
-def build_context(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[str, Any]:
+def context_values(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[str, Any]:
+    """The context of a decision, with the confidence as a `CedarDecimal` (see build_context
+    for Cedar's JSON form). A confidence out of Cedar's range is refused by `decide` before."""
     params: dict[str, Any] = {}
     for name, cedar_type in param_types.items():
         value = facts.params.get(name)
@@ -247,7 +283,7 @@ def build_context(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[st
         "amount": max(min(amount, CEDAR_LONG_MAX), -CEDAR_LONG_MAX),
         "has_amount": facts.amount is not None,
         "currency": facts.currency.upper(),
-        "confidence": {"__extn": {"fn": "decimal", "arg": _decimal_literal(confidence)}},
+        "confidence": confidence,
         "has_confidence": facts.confidence is not None,
         "risk_zone": facts.tool_zone,
         "segment": facts.segment,
@@ -258,6 +294,35 @@ def build_context(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[st
     }
 
 
+def build_context(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[str, Any]:
+    """The context in Cedar's JSON form, as cedarpy reads it."""
+    return _as_cedar_json(context_values(facts, param_types))
+
+
+def _as_cedar_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: (
+            {"__extn": {"fn": "decimal", "arg": _decimal_literal(value)}}
+            if isinstance(value, Decimal)
+            else value
+        )
+        for name, value in values.items()
+    }
+
+
+def _native_context(values: Mapping[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
+    return {
+        name: (_cedar_decimal(value) if isinstance(value, Decimal) else value)
+        for name, value in values.items()
+        if fields is None or name in fields
+    }
+
+
+def _cedar_decimal(value: Decimal) -> CedarDecimal:
+    # The same rounding as `_decimal_literal` (quantize, half to even), without the text.
+    return CedarDecimal(int(value.scaleb(4).to_integral_value(rounding=ROUND_HALF_EVEN)))
+
+
 def _ask(policies: PolicySlice, facts: ActionFacts, action: str, context: str) -> dict[str, Any]:
     request = {
         "principal": {"type": "Agent", "id": facts.agent},
@@ -265,14 +330,7 @@ def _ask(policies: PolicySlice, facts: ActionFacts, action: str, context: str) -
         "resource": {"type": "Tool", "id": facts.tool},
         "context": context,
     }
-    entities = _entities(
-        facts.agent,
-        facts.agent_risk_tier,
-        facts.agent_workflows,
-        facts.tool,
-        facts.tool_zone,
-        facts.tool_reversible,
-    )
+    entities = _entities(*_entity_key(facts))
     answer: dict[str, Any] = json.loads(
         _internal.is_authorized_batch([request], policies.policy_set, entities, None, False)[0]
     )
@@ -292,16 +350,34 @@ def _not_evaluated(facts: ActionFacts, errors: tuple[str, ...]) -> PolicyVerdict
 
 
 def context_json(context: Mapping[str, Any], fields: frozenset[str] | None) -> str:
-    if fields is None:
-        return json.dumps(context)
-    return json.dumps({name: value for name, value in context.items() if name in fields})
+    """The context (from `context_values` or `build_context`) as cedarpy's JSON text."""
+    chosen = context if fields is None else {k: v for k, v in context.items() if k in fields}
+    return json.dumps(_as_cedar_json(chosen))
 
 
 def _ask_slice(
     compiled: CompiledPolicies, facts: ActionFacts, action: str, context: Mapping[str, Any]
 ) -> dict[str, Any]:
     policies = compiled.slice_for(action, facts.tool)
+    if policies.native is not None:
+        return _ask_native(policies.native, facts, action, context, policies.fields)
     return _ask(policies, facts, action, context_json(context, policies.fields))
+
+
+def _ask_native(
+    native: NativePolicies,
+    facts: ActionFacts,
+    action: str,
+    context: Mapping[str, Any],
+    fields: frozenset[str] | None,
+) -> dict[str, Any]:
+    return native.authorize(
+        principal=Uid("Agent", facts.agent),
+        action=Uid("Action", action),
+        resource=Uid("Tool", facts.tool),
+        context=_native_context(context, fields),
+        store=_native_entities(*_entity_key(facts)),
+    )
 
 
 def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
@@ -311,7 +387,7 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
         return _not_evaluated(
             facts, (f"the confidence {facts.confidence} is out of the range of a Cedar decimal",)
         )
-    context = build_context(facts, compiled.param_types)
+    context = context_values(facts, compiled.param_types)
     execute = _ask_slice(compiled, facts, "execute", context)
     errors = tuple(str(error) for error in execute["diagnostics"].get("errors", []))
     if execute["decision"] not in ("Allow", "Deny"):

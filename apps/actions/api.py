@@ -1,0 +1,227 @@
+"""The agent API: propose an action, read its state, roll it back (staff).
+
+Agents authenticate with `Authorization: Bearer <key>`; staff with their signed-in session."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from django.contrib.auth.models import User
+from django.http import HttpRequest
+from ninja import Router, Schema, Status
+from ninja.security import HttpBearer, django_auth
+from pydantic import Field
+
+from apps.accounts.roles import Role, user_roles
+from apps.actions.execution import RollbackRefused, action_rollback
+from apps.actions.gate import GateRefusal, Proposal, action_propose
+from apps.actions.models import Action
+from apps.actions.states import IllegalTransition
+from apps.core.api_errors import ApiError, FieldError
+from apps.registry.models import AgentKey
+from apps.registry.services import KeyRejected, agent_key_authenticate
+
+router = Router(tags=["actions"])
+
+STAFF_ROLES = (Role.SUPERVISOR, Role.RISK, Role.ONCALL, Role.ADMIN)
+
+
+class AgentKeyAuth(HttpBearer):
+    """`Authorization: Bearer esk_...`: the agent's API key."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> AgentKey:
+        try:
+            key = agent_key_authenticate(token)
+        except KeyRejected as exc:
+            raise ApiError(401, f"Invalid agent key: {exc.reason}.") from None
+        request.agent_key = key  # type: ignore[attr-defined]
+        return key
+
+
+agent_auth = AgentKeyAuth()
+
+
+class Usage(Schema):
+    model: str = Field(min_length=1, max_length=120, description="model name as priced")
+    provider: str = Field(default="", max_length=40)
+    input_tokens: int = Field(ge=0, le=100_000_000)
+    output_tokens: int = Field(ge=0, le=100_000_000)
+
+
+class ProposalIn(Schema):
+    workflow: str = Field(min_length=1, max_length=63, description="slug of the workflow")
+    tool: str = Field(min_length=1, max_length=63, description="slug of the tool")
+    params: dict[str, Any] = Field(description="validated against the tool's input schema")
+    subject: str = Field(
+        default="", max_length=200, description='the business object, such as "order:1042"'
+    )
+    confidence: Decimal | None = Field(
+        default=None, ge=0, le=1, max_digits=6, decimal_places=4, description="0 to 1"
+    )
+    reasoning: str = Field(default="", max_length=10_000, description="why, in short")
+    evidence: list[Any] = Field(default_factory=list, max_length=200, description="retrieval trace")
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="the same key from the same agent returns the first action, never a second",
+    )
+    usage: Usage | None = None
+    trace_id: str = Field(default="", max_length=100)
+    segment: str = Field(default="", max_length=63, description="customer segment, if known")
+
+
+class ReasonOut(Schema):
+    policy: str
+    message: str
+
+
+class ActionOut(Schema):
+    id: UUID
+    status: str
+    decision: Literal["allow", "hold", "deny", "observe"]
+    reasons: list[ReasonOut]
+    book_version: int | None
+    workflow: str
+    tool: str
+    subject: str
+    spot_check: bool
+    result: dict[str, Any] | None
+    error: str
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    rolled_back_at: datetime | None
+
+
+class ErrorItem(Schema):
+    field: str
+    message: str
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: list[ErrorItem]
+
+
+def action_out(action: Action) -> ActionOut:
+    return ActionOut(
+        id=action.pk,
+        status=action.status,
+        decision=action.decision,  # type: ignore[arg-type]
+        reasons=[ReasonOut(**reason) for reason in action.reasons],
+        book_version=action.book_version.number if action.book_version else None,
+        workflow=action.workflow.slug,
+        tool=action.tool.slug,
+        subject=action.subject,
+        spot_check=action.spot_check,
+        result=action.result,
+        error=action.error,
+        created_at=action.created_at,
+        queued_at=action.queued_at,
+        started_at=action.started_at,
+        finished_at=action.finished_at,
+        rolled_back_at=action.rolled_back_at,
+    )
+
+
+ERRORS: dict[int, Any] = {
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    422: ErrorOut,
+}
+
+
+@router.post(
+    "/actions",
+    auth=agent_auth,
+    response={200: ActionOut, 201: ActionOut, **ERRORS},
+    summary="Propose an action",
+    description=(
+        "The gate checks the key, the agent's status and scope, kill switches, the params "
+        "against the tool's schema and the workflow's active Decision Book, records the action "
+        "with its decision, and answers 201. An allowed action is queued for execution at once. "
+        "A repeated idempotency key answers 200 with the first action. 401: bad key; 403: "
+        "agent or key out of scope; 422: invalid input, naming the field."
+    ),
+)
+def propose(request: HttpRequest, payload: ProposalIn) -> Status[ActionOut]:
+    key: AgentKey = request.agent_key  # type: ignore[attr-defined]
+    proposal = Proposal(
+        workflow=payload.workflow,
+        tool=payload.tool,
+        params=payload.params,
+        subject=payload.subject,
+        confidence=payload.confidence,
+        reasoning=payload.reasoning,
+        evidence=payload.evidence,
+        idempotency_key=payload.idempotency_key,
+        usage=payload.usage.model_dump() if payload.usage else {},
+        trace_id=payload.trace_id,
+        segment=payload.segment,
+    )
+    try:
+        outcome = action_propose(key=key, proposal=proposal)
+    except GateRefusal as refusal:
+        errors = [FieldError(refusal.field, refusal.message)] if refusal.field else []
+        raise ApiError(refusal.status, refusal.detail, errors) from None
+    return Status(201 if outcome.created else 200, action_out(outcome.action))
+
+
+def _visible_action(request: HttpRequest, action_id: UUID) -> Action:
+    action = (
+        Action.objects.select_related("workflow", "tool", "book_version", "agent")
+        .filter(pk=action_id)
+        .first()
+    )
+    key: AgentKey | None = getattr(request, "agent_key", None)
+    if action is None or (key is not None and action.agent_id != key.agent_id):
+        # Another agent's action is as invisible as a missing one.
+        raise ApiError(404, f"No action {action_id}.")
+    if key is None and not user_roles(request.user).intersection(STAFF_ROLES):
+        raise ApiError(403, "Reading actions needs the supervisor, risk, oncall or admin role.")
+    return action
+
+
+@router.get(
+    "/actions/{action_id}",
+    auth=[agent_auth, django_auth],
+    response={200: ActionOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+    summary="Read an action",
+    description="State, decision, reasons, result or error and timestamps. An agent sees its own "
+    "actions; staff (supervisor, risk, oncall, admin) see all.",
+)
+def read(request: HttpRequest, action_id: UUID) -> ActionOut:
+    return action_out(_visible_action(request, action_id))
+
+
+@router.post(
+    "/actions/{action_id}/rollback",
+    auth=django_auth,
+    response={200: ActionOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Roll back an action (staff)",
+    description="Calls the tool's undo. 409 when the action has not succeeded or its tool is "
+    "irreversible. Needs the oncall or admin role.",
+)
+def rollback(request: HttpRequest, action_id: UUID) -> ActionOut:
+    if not user_roles(request.user).intersection((Role.ONCALL, Role.ADMIN)):
+        raise ApiError(403, "Rolling back needs the oncall or admin role.")
+    action = _visible_action(request, action_id)
+    user = request.user
+    assert isinstance(user, User)
+    try:
+        action = action_rollback(action_id=action.pk, actor=user)
+    except IllegalTransition as exc:
+        raise ApiError(
+            409, f"Action is {exc.current}; only a succeeded action can be rolled back."
+        ) from None
+    except RollbackRefused as exc:
+        raise ApiError(409, str(exc)) from None
+    return action_out(_visible_action(request, action.pk))

@@ -1,0 +1,265 @@
+"""The gate: every action an agent wants to take passes here first.
+
+Checks, in order: the key (done by the API's authentication), the agent's status and scope,
+kill switches, the params against the tool's schema, then the active Decision Book. The action,
+its decision, the book version and the audit events are written in one transaction; allowed
+actions are queued for a worker once that transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+
+from apps.actions.models import Action, Decision, Status, ToolCircuit
+from apps.actions.states import transition
+from apps.audit.services import audit_record
+from apps.books.compilation import action_facts, book_decide
+from apps.books.models import BookVersion
+from apps.killswitches.models import KillSwitch, covering
+from apps.registry.models import Agent, AgentKey, Tool, Workflow
+from apps.registry.services import key_workflow_slugs
+
+logger = logging.getLogger(__name__)
+
+
+class GateRefusal(Exception):
+    """The proposal is refused before anything is recorded (bad key scope, bad params)."""
+
+    def __init__(self, status: int, detail: str, field: str = "", message: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.field = field
+        self.message = message or detail
+
+
+@dataclass(frozen=True)
+class Proposal:
+    workflow: str
+    tool: str
+    params: dict[str, Any]
+    subject: str = ""
+    confidence: Decimal | None = None
+    reasoning: str = ""
+    evidence: list[Any] = field(default_factory=list)
+    idempotency_key: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    segment: str = ""
+
+
+@dataclass(frozen=True)
+class GateResult:
+    action: Action
+    created: bool
+
+
+@lru_cache(maxsize=512)
+def _validator(tool_id: int, updated_at: str, schema_json: str) -> Draft202012Validator:
+    import json
+
+    return Draft202012Validator(json.loads(schema_json))
+
+
+def _schema_errors(tool: Tool, params: dict[str, Any]) -> list[tuple[str, str]]:
+    import json
+
+    validator = _validator(
+        tool.pk, tool.updated_at.isoformat(), json.dumps(tool.input_schema, sort_keys=True)
+    )
+    problems = []
+    for error in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
+        problems.append((_param_path(error), error.message))
+    return problems
+
+
+def _param_path(error: SchemaError) -> str:
+    path = "params"
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    # A missing required property is reported on its parent; name the property itself.
+    if error.validator == "required" and isinstance(error.instance, dict):
+        required: list[str] = list(error.validator_value)  # type: ignore[arg-type]
+        missing = [name for name in required if name not in error.instance]
+        if missing:
+            path += f".{missing[0]}"
+    return path
+
+
+def _existing(agent: Agent, idempotency_key: str | None) -> Action | None:
+    if idempotency_key is None:
+        return None
+    return Action.objects.filter(agent=agent, idempotency_key=idempotency_key).first()
+
+
+def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
+    """Decide one proposal and record it. The same idempotency key from the same agent returns
+    the first action (created=False), however many duplicates arrive at once."""
+    agent = key.agent
+    earlier = _existing(agent, proposal.idempotency_key)
+    if earlier is not None:
+        return GateResult(earlier, created=False)
+
+    if agent.status != Agent.Status.ACTIVE:
+        raise GateRefusal(403, f"Agent {agent.slug} is {agent.status} and may not act.")
+    if proposal.workflow not in key_workflow_slugs(key):
+        raise GateRefusal(
+            403,
+            f"This key may not act in workflow {proposal.workflow!r}.",
+            "workflow",
+            "not among the key's workflows: "
+            + (", ".join(sorted(key_workflow_slugs(key))) or "none"),
+        )
+    tool = agent.tools.filter(slug=proposal.tool).first()
+    if tool is None:
+        raise GateRefusal(
+            403,
+            f"Agent {agent.slug} may not use tool {proposal.tool!r}.",
+            "tool",
+            "not among the agent's tools",
+        )
+    problems = _schema_errors(tool, proposal.params)
+    if problems:
+        path, message = problems[0]
+        raise GateRefusal(422, f"Invalid params: {path}: {message}", path, message)
+    workflow = Workflow.objects.get(slug=proposal.workflow)
+
+    try:
+        with transaction.atomic():
+            action = _record(key, agent, workflow, tool, proposal)
+    except IntegrityError:
+        # A concurrent duplicate committed first: answer with its action.
+        earlier = _existing(agent, proposal.idempotency_key)
+        if earlier is None:
+            raise
+        return GateResult(earlier, created=False)
+    return GateResult(action, created=True)
+
+
+def _record(
+    key: AgentKey, agent: Agent, workflow: Workflow, tool: Tool, proposal: Proposal
+) -> Action:
+    switches = list(
+        KillSwitch.objects.filter(
+            covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)
+        )
+    )
+    version = (
+        BookVersion.objects.filter(workflow=workflow, status=BookVersion.Status.PUBLISHED)
+        .select_related("workflow")
+        .first()
+    )
+    action = Action(
+        agent=agent,
+        key=key,
+        workflow=workflow,
+        tool=tool,
+        book_version=version,
+        status=Status.PROPOSED,
+        decision=Decision.DENY,
+        params=proposal.params,
+        subject=proposal.subject,
+        confidence=proposal.confidence,
+        reasoning=proposal.reasoning,
+        evidence=proposal.evidence,
+        usage=proposal.usage,
+        idempotency_key=proposal.idempotency_key,
+        trace_id=proposal.trace_id,
+    )
+    if switches:
+        action.reasons = [
+            {
+                "policy": f"kill-switch:{switch.scope}",
+                "message": f"Stopped by on-call: {switch.reason}",
+            }
+            for switch in switches
+        ]
+        return _save_and_move(action, Status.BLOCKED, agent)
+    if version is None:
+        action.reasons = [
+            {
+                "policy": "no-active-book",
+                "message": f"Workflow {workflow.slug} has no published Decision Book",
+            }
+        ]
+        return _save_and_move(action, Status.DENIED, agent)
+
+    facts = action_facts(
+        version=version,
+        agent=agent,
+        tool=tool,
+        params=proposal.params,
+        confidence=proposal.confidence,
+        at=timezone.localtime(),
+        segment=proposal.segment,
+        subject=proposal.subject,
+    )
+    verdict = book_decide(version, facts)
+    action.decision = verdict.decision
+    action.reasons = [reason.as_dict() for reason in verdict.reasons]
+    action.spot_check = verdict.spot_check
+    if verdict.decision == Decision.OBSERVE:
+        return _save_and_move(action, Status.OBSERVED, agent)
+    if verdict.decision == Decision.DENY:
+        return _save_and_move(action, Status.DENIED, agent)
+    if verdict.decision == Decision.ALLOW:
+        circuit = ToolCircuit.objects.filter(tool=tool, state=ToolCircuit.State.OPEN).first()
+        if circuit is not None:
+            # The downstream is known broken: a person decides, and nothing is lost.
+            action.decision = Decision.HOLD
+            action.reasons = [
+                {
+                    "policy": "circuit-open",
+                    "message": f"{tool.slug} is failing: {circuit.last_error}",
+                }
+            ]
+            action.escalated_to_id = version.escalation_owner_id
+            return _save_and_move(action, Status.PENDING_REVIEW, agent)
+        _save_and_move(action, Status.APPROVED, agent)
+        return action_enqueue(action, actor=f"agent:{agent.slug}")
+    return _save_and_move(action, Status.PENDING_REVIEW, agent)
+
+
+def _save_and_move(action: Action, to: str, agent: Agent) -> Action:
+    if action._state.adding:
+        action.save(force_insert=True)
+        audit_record(
+            actor=f"agent:{agent.slug}",
+            verb="action.proposed",
+            target=action,
+            subject=action.subject,
+            data={
+                "workflow": action.workflow.slug,
+                "tool": action.tool.slug,
+                "params": action.params,
+                "confidence": str(action.confidence) if action.confidence is not None else None,
+                "book_version": action.book_version.number if action.book_version else None,
+                "idempotency_key": action.idempotency_key,
+                "trace_id": action.trace_id,
+            },
+        )
+    return transition(
+        action,
+        to,
+        actor="system:gate",
+        data={"decision": action.decision, "reasons": action.reasons},
+    )
+
+
+def action_enqueue(action: Action, *, actor: str | Any) -> Action:
+    """approved -> queued, and hand the id to a worker once the transaction commits."""
+    from apps.actions.tasks import execute_action
+
+    transition(action, Status.QUEUED, actor=actor, queued_at=timezone.now())
+    action_id = str(action.pk)
+    transaction.on_commit(lambda: execute_action.delay(action_id))
+    return action

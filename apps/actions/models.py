@@ -1,0 +1,126 @@
+"""Actions: one proposed use of a tool by an agent, from proposal to its end (and undo)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.books.models import BookVersion
+from apps.registry.models import Agent, AgentKey, Tool, Workflow
+
+
+class Status(models.TextChoices):
+    PROPOSED = "proposed"
+    DENIED = "denied"
+    OBSERVED = "observed"
+    BLOCKED = "blocked"
+    PENDING_REVIEW = "pending_review"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+class Decision(models.TextChoices):
+    ALLOW = "allow"
+    HOLD = "hold"
+    DENY = "deny"
+    OBSERVE = "observe"
+
+
+class Action(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="actions")
+    key = models.ForeignKey(AgentKey, on_delete=models.SET_NULL, null=True, related_name="+")
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="actions")
+    tool = models.ForeignKey(Tool, on_delete=models.PROTECT, related_name="actions")
+    book_version = models.ForeignKey(
+        BookVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="actions"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROPOSED)
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    reasons = models.JSONField(default=list)
+    spot_check = models.BooleanField(default=False)
+
+    params = models.JSONField(default=dict)
+    subject = models.CharField(max_length=200, blank=True)
+    confidence = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    reasoning = models.TextField(blank=True)
+    evidence = models.JSONField(default=list)
+    usage = models.JSONField(default=dict)
+    # NULL, not "": only proposals that carry a key are deduplicated by the unique constraint.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    trace_id = models.CharField(max_length=100, blank=True)
+
+    escalated_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="escalated_actions",
+        help_text="who must look at it: the book's escalation owner, for fallbacks",
+    )
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    undo_result = models.JSONField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rolled_back_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="one_action_per_agent_idempotency_key",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["workflow", "status", "created_at"]),
+            models.Index(fields=["subject", "created_at"]),
+            models.Index(fields=["tool", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool_id}:{self.id} ({self.status})"
+
+    @property
+    def downstream_key(self) -> str:
+        """The Idempotency-Key sent to the system of record: one per action, so a redelivered
+        or retried execution can never cause a second effect."""
+        return f"esc-{self.id}"
+
+
+class ToolCircuit(models.Model):
+    """The circuit breaker of one tool: closed (calls go through), open (calls refused until
+    the cool-down has passed), half open (one probe call decides)."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed"
+        OPEN = "open"
+        HALF_OPEN = "half_open"
+
+    tool = models.OneToOneField(Tool, on_delete=models.CASCADE, related_name="circuit")
+    state = models.CharField(max_length=9, choices=State.choices, default=State.CLOSED)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.tool_id}: {self.state}"

@@ -1,0 +1,98 @@
+"""The one state machine of an action (PRODUCT.md section 4). Every change of status goes
+through `transition`, which writes the audit event in the same transaction; a transition the
+machine does not have raises and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.utils import timezone
+
+from apps.actions.models import Action, Status
+from apps.audit.services import audit_record
+
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    Status.PROPOSED: frozenset(
+        {Status.DENIED, Status.OBSERVED, Status.BLOCKED, Status.PENDING_REVIEW, Status.APPROVED}
+    ),
+    Status.PENDING_REVIEW: frozenset(
+        {Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}
+    ),
+    Status.APPROVED: frozenset({Status.QUEUED}),
+    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED}),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED}),
+    Status.SUCCEEDED: frozenset({Status.ROLLED_BACK, Status.ROLLBACK_FAILED}),
+}
+TERMINAL = frozenset(
+    {
+        Status.DENIED,
+        Status.OBSERVED,
+        Status.BLOCKED,
+        Status.REJECTED,
+        Status.EXPIRED,
+        Status.FAILED,
+        Status.CANCELLED,
+        Status.ROLLED_BACK,
+        Status.ROLLBACK_FAILED,
+    }
+)
+
+Actor = AbstractBaseUser | AnonymousUser | str | None
+
+
+class IllegalTransition(Exception):
+    def __init__(self, action_id: object, current: str, wanted: str) -> None:
+        super().__init__(f"action {action_id} is {current}; it cannot become {wanted}")
+        self.current = current
+        self.wanted = wanted
+
+
+def sources_of(target: str) -> frozenset[str]:
+    return frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
+
+
+def can_transition(current: str, target: str) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+@transaction.atomic
+def transition(
+    action: Action,
+    to: str,
+    *,
+    actor: Actor,
+    data: Mapping[str, Any] | None = None,
+    also: Any = None,
+    **fields: Any,
+) -> Action:
+    """Move `action` to status `to`, setting `fields` with it.
+
+    The move is one conditional UPDATE (`WHERE status IN <the states that may lead to to>`,
+    and `also` when given), so two workers racing for the same move cannot both win: the loser
+    updates no row and gets IllegalTransition with the status it found. `action` is updated in
+    place and returned."""
+    sources = sources_of(to)
+    now = timezone.now()
+    query = Action.objects.filter(pk=action.pk, status__in=sources)
+    if also is not None:
+        query = query.filter(also)
+    changed = query.update(status=to, updated_at=now, **fields)
+    if changed != 1:
+        current = Action.objects.filter(pk=action.pk).values_list("status", flat=True).first()
+        raise IllegalTransition(action.pk, current or "missing", to)
+    previous = action.status if action.status in sources else "?"
+    action.status = to
+    action.updated_at = now
+    for name, value in fields.items():
+        setattr(action, name, value)
+    audit_record(
+        actor=actor,
+        verb=f"action.{to}",
+        target=action,
+        subject=action.subject,
+        data={"from": previous, "to": to, **(data or {})},
+    )
+    return action

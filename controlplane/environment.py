@@ -98,7 +98,12 @@ def broker_config(env: Mapping[str, str], var_dir: Path) -> BrokerConfig:
         return BrokerConfig(
             broker_url=redis_url,
             result_backend=redis_url,
-            transport_options={"visibility_timeout": 3600},
+            # How long a taken, unacknowledged task (its worker died) waits before another
+            # worker gets it again.
+            transport_options={
+                "visibility_timeout": env_float(env, "CELERY_VISIBILITY_TIMEOUT", 3600.0),
+                "socket_connect_timeout": 5,
+            },
             embedded=False,
         )
     root = (var_dir / "broker").resolve()

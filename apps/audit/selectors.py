@@ -75,3 +75,11 @@ def recent_events(*, verb_prefix: str = "", target: str = "") -> QuerySet[AuditE
     if target:
         events = events.filter(target_type=target)
     return events
+
+
+def flight_record(*, subject: str = "", action_id: str = "") -> QuerySet[AuditEvent]:
+    """Everything that happened to one business object, or to one action, oldest first."""
+    events = AuditEvent.objects.order_by("sequence")
+    if subject:
+        return events.filter(subject=subject)
+    return events.filter(target_type="actions.action", target_id=action_id)

@@ -8,4 +8,5 @@ app_name = "audit"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("flight-recorder/", views.flight_recorder, name="flight_recorder"),
 ]

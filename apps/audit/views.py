@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -7,7 +9,8 @@ from django.views.decorators.http import require_GET
 
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
-from apps.audit.selectors import audit_verify, recent_events
+from apps.audit.models import AuditEvent
+from apps.audit.selectors import audit_verify, flight_record, recent_events
 
 
 @require_GET
@@ -19,3 +22,23 @@ def index(request: HttpRequest) -> HttpResponse:
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     context = {"page": page, "verb": verb, "report": audit_verify()}
     return render(request, "audit/index.html", context)
+
+
+@require_GET
+@role_required(Role.RISK, Role.SUPERVISOR, Role.ONCALL)
+def flight_recorder(request: HttpRequest) -> HttpResponse:
+    """Everything that ever happened to one subject (`?subject=order:1042`) or one action
+    (`?action=<id>`), in order."""
+    subject = request.GET.get("subject", "").strip()[:200]
+    action_id = request.GET.get("action", "").strip()
+    error = ""
+    events: list[AuditEvent] = []
+    if action_id:
+        try:
+            action_id = str(UUID(action_id))
+        except ValueError:
+            error = f"action: {action_id!r} is not an action id"
+    if not error and (subject or action_id):
+        events = list(flight_record(subject=subject, action_id=action_id)[:2000])
+    context = {"subject": subject, "action_id": action_id, "events": events, "error": error}
+    return render(request, "audit/flight_recorder.html", context, status=400 if error else 200)

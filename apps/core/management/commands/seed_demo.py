@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand
 
 from apps.accounts.demo import demo_users_ensure
 from apps.books.demo import demo_world_ensure
+from apps.sandbox.demo import sandbox_seed
 
 
 class Command(BaseCommand):
@@ -22,8 +23,13 @@ class Command(BaseCommand):
             owner=User.objects.get(username="admin"),
             escalation_owner=User.objects.get(username="supervisor"),
         )
+        created += sandbox_seed()
         if created:
-            self.stdout.write("Demo world: created " + ", ".join(created))
+            self.stdout.write(
+                f"Demo world: created {len(created)} things: "
+                + ", ".join(created[:12])
+                + (" ..." if len(created) > 12 else "")
+            )
         self.stdout.write("Demo logins (user / password / role):")
         for login in logins:
             roles = ", ".join(role.value for role in login.roles)

@@ -119,9 +119,9 @@ class CompiledPolicies:
         self._slices: dict[tuple[str, str | None], PolicySlice] = {}
 
     def reasons_for(self, cedar_ids: list[str]) -> tuple[Reason, ...]:
-        return tuple(
-            self.reasons.get(cedar_id, Reason(cedar_id, cedar_id)) for cedar_id in cedar_ids
-        )
+        # In the order the policies are written (cedarpy's order varies from call to call).
+        ordered = sorted(cedar_ids, key=_policy_position)
+        return tuple(self.reasons.get(cedar_id, Reason(cedar_id, cedar_id)) for cedar_id in ordered)
 
     def slice_for(self, action: str, tool: str) -> PolicySlice:
         if not self._sliceable:
@@ -151,6 +151,11 @@ class CompiledPolicies:
                 whole = not _context_fields(condition["body"], fields) or whole
         native = NativePolicies.build(kept) if USE_NATIVE else None
         return PolicySlice(policy_set, None if whole else frozenset(fields), native)
+
+
+def _policy_position(cedar_id: str) -> tuple[int, str]:
+    number = cedar_id.removeprefix("policy")
+    return (int(number), "") if number.isdigit() else (2**31, cedar_id)
 
 
 def _reason(cedar_id: str, annotations: Mapping[str, str]) -> Reason:

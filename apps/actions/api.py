@@ -129,27 +129,19 @@ def action_out(action: Action) -> ActionOut:
     )
 
 
-ERRORS: dict[int, Any] = {
-    400: ErrorOut,
-    401: ErrorOut,
-    403: ErrorOut,
-    404: ErrorOut,
-    409: ErrorOut,
-    422: ErrorOut,
-}
-
 
 @router.post(
     "/actions",
     auth=agent_auth,
-    response={200: ActionOut, 201: ActionOut, **ERRORS},
+    response={200: ActionOut, 201: ActionOut, **{c: ErrorOut for c in (400, 401, 403, 409, 422)}},
     summary="Propose an action",
     description=(
         "The gate checks the key, the agent's status and scope, kill switches, the params "
         "against the tool's schema and the workflow's active Decision Book, records the action "
         "with its decision, and answers 201. An allowed action is queued for execution at once. "
         "A repeated idempotency key answers 200 with the first action. 401: bad key; 403: "
-        "agent or key out of scope; 422: invalid input, naming the field."
+        "agent or key out of scope; 409: the idempotency key was used for a different action; "
+        "422: invalid input, naming the field."
     ),
 )
 def propose(request: HttpRequest, payload: ProposalIn) -> Status[ActionOut]:

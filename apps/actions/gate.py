@@ -9,6 +9,7 @@ actions are queued for a worker once that transaction commits.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -92,20 +93,54 @@ def _param_path(error: SchemaError) -> str:
         missing = [name for name in required if name not in error.instance]
         if missing:
             path += f".{missing[0]}"
+    # So is a property the schema does not allow (additionalProperties: false).
+    if (
+        error.validator == "additionalProperties"
+        and isinstance(error.instance, dict)
+        and isinstance(error.schema, dict)
+    ):
+        known = error.schema.get("properties", {})
+        patterns = error.schema.get("patternProperties", {})
+        unexpected = [
+            name
+            for name in error.instance
+            if name not in known and not any(re.search(pattern, name) for pattern in patterns)
+        ]
+        if unexpected:
+            path += f".{unexpected[0]}"
     return path
 
 
-def _existing(agent: Agent, idempotency_key: str | None) -> Action | None:
-    if idempotency_key is None:
+def _existing(agent: Agent, proposal: Proposal) -> Action | None:
+    """The action this agent already proposed under the same idempotency key, if any. A key
+    reused for a different action is a bug in the agent: refused (409), never merged."""
+    if proposal.idempotency_key is None:
         return None
-    return Action.objects.filter(agent=agent, idempotency_key=idempotency_key).first()
+    earlier = (
+        Action.objects.select_related("workflow", "tool", "book_version")
+        .filter(agent=agent, idempotency_key=proposal.idempotency_key)
+        .first()
+    )
+    if earlier is not None and (
+        earlier.workflow.slug != proposal.workflow
+        or earlier.tool.slug != proposal.tool
+        or earlier.params != proposal.params
+        or earlier.subject != proposal.subject
+    ):
+        raise GateRefusal(
+            409,
+            "This idempotency key was already used for a different action.",
+            "idempotency_key",
+            f"already used by action {earlier.pk} ({earlier.workflow.slug}/{earlier.tool.slug})",
+        )
+    return earlier
 
 
 def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
     """Decide one proposal and record it. The same idempotency key from the same agent returns
     the first action (created=False), however many duplicates arrive at once."""
     agent = key.agent
-    earlier = _existing(agent, proposal.idempotency_key)
+    earlier = _existing(agent, proposal)
     if earlier is not None:
         return GateResult(earlier, created=False)
 
@@ -138,7 +173,7 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
             action = _record(key, agent, workflow, tool, proposal)
     except IntegrityError:
         # A concurrent duplicate committed first: answer with its action.
-        earlier = _existing(agent, proposal.idempotency_key)
+        earlier = _existing(agent, proposal)
         if earlier is None:
             raise
         return GateResult(earlier, created=False)

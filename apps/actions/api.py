@@ -45,6 +45,8 @@ agent_auth = AgentKeyAuth()
 
 
 class Usage(Schema):
+    """The model call behind a proposal: priced from the model price table."""
+
     model: str = Field(min_length=1, max_length=120, description="model name as priced")
     provider: str = Field(default="", max_length=40)
     input_tokens: int = Field(ge=0, le=100_000_000)
@@ -69,43 +71,55 @@ class ProposalIn(Schema):
         max_length=200,
         description="the same key from the same agent returns the first action, never a second",
     )
-    usage: Usage | None = None
-    trace_id: str = Field(default="", max_length=100)
+    usage: Usage | None = Field(
+        default=None, description="model usage of the step that proposed it, for cost records"
+    )
+    trace_id: str = Field(
+        default="", max_length=100, description="the agent's trace id, kept with every record"
+    )
     segment: str = Field(default="", max_length=63, description="customer segment, if known")
 
 
 class ReasonOut(Schema):
-    policy: str
-    message: str
+    policy: str = Field(description="the @id of the policy (or rule) that determined the decision")
+    message: str = Field(description="its message, for people")
 
 
 class ActionOut(Schema):
-    id: UUID
-    status: str
-    decision: Literal["allow", "hold", "deny", "observe"]
-    reasons: list[ReasonOut]
-    book_version: int | None
-    workflow: str
-    tool: str
-    subject: str
-    spot_check: bool
-    result: dict[str, Any] | None
-    error: str
-    created_at: datetime
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    rolled_back_at: datetime | None
+    id: UUID = Field(description="the action's id")
+    status: str = Field(
+        description="proposed, denied, observed, blocked, pending_review, approved, rejected, "
+        "expired, queued, running, succeeded, failed, cancelled, rolled_back or rollback_failed"
+    )
+    decision: Literal["allow", "hold", "deny", "observe"] = Field(
+        description="the gate's verdict: allow (runs now), hold (a person decides), deny, or "
+        "observe (logged, never run)"
+    )
+    reasons: list[ReasonOut] = Field(description="the policies that determined the decision")
+    book_version: int | None = Field(description="the Decision Book version that governed it")
+    workflow: str = Field(description="slug of the workflow")
+    tool: str = Field(description="slug of the tool")
+    subject: str = Field(description="the business object")
+    spot_check: bool = Field(description="picked for a person's check after it runs")
+    result: dict[str, Any] | None = Field(description="what the system of record answered")
+    error: str = Field(description="why it failed, when it did")
+    created_at: datetime = Field(description="when it was proposed")
+    queued_at: datetime | None = Field(description="when it was handed to a worker")
+    started_at: datetime | None = Field(description="when a worker started it")
+    finished_at: datetime | None = Field(description="when it succeeded or failed")
+    rolled_back_at: datetime | None = Field(description="when it was undone")
 
 
 class ErrorItem(Schema):
-    field: str
-    message: str
+    field: str = Field(description="the field at fault, e.g. params.amount_cents")
+    message: str = Field(description="what is wrong with it")
 
 
 class ErrorOut(Schema):
-    detail: str
-    errors: list[ErrorItem]
+    """Every error of the API has this shape."""
+
+    detail: str = Field(description="one sentence for a person")
+    errors: list[ErrorItem] = Field(description="each field at fault; empty when none is")
 
 
 def action_out(action: Action) -> ActionOut:
@@ -127,7 +141,6 @@ def action_out(action: Action) -> ActionOut:
         finished_at=action.finished_at,
         rolled_back_at=action.rolled_back_at,
     )
-
 
 
 @router.post(

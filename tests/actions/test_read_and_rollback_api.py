@@ -349,3 +349,11 @@ def test_openapi__read_and_rollback__documented(client: Client) -> None:
     rollback_op = paths["/api/v1/actions/{action_id}/rollback"]["post"]
     assert {"200", "401", "403", "404"} <= set(read_op["responses"])
     assert {"200", "401", "403", "404", "409"} <= set(rollback_op["responses"])
+
+
+def test_openapi__every_action_field__described(client: Client) -> None:
+    schemas = client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    for name in ("ProposalIn", "ActionOut", "ReasonOut", "ErrorOut", "ErrorItem"):
+        properties = schemas[name]["properties"]
+        undocumented = [field for field, spec in properties.items() if not spec.get("description")]
+        assert undocumented == [], f"{name}: {undocumented}"

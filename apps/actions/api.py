@@ -48,9 +48,9 @@ class Usage(Schema):
     """The model call behind a proposal: priced from the model price table."""
 
     model: str = Field(min_length=1, max_length=120, description="model name as priced")
-    provider: str = Field(default="", max_length=40)
-    input_tokens: int = Field(ge=0, le=100_000_000)
-    output_tokens: int = Field(ge=0, le=100_000_000)
+    provider: str = Field(default="", max_length=40, description="provider, as priced")
+    input_tokens: int = Field(ge=0, le=100_000_000, description="tokens sent to the model")
+    output_tokens: int = Field(ge=0, le=100_000_000, description="tokens the model returned")
 
 
 class ProposalIn(Schema):

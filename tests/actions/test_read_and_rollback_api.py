@@ -353,7 +353,7 @@ def test_openapi__read_and_rollback__documented(client: Client) -> None:
 
 def test_openapi__every_action_field__described(client: Client) -> None:
     schemas = client.get("/api/v1/openapi.json").json()["components"]["schemas"]
-    for name in ("ProposalIn", "ActionOut", "ReasonOut", "ErrorOut", "ErrorItem"):
+    for name in ("ProposalIn", "Usage", "ActionOut", "ReasonOut", "ErrorOut", "ErrorItem"):
         properties = schemas[name]["properties"]
         undocumented = [field for field, spec in properties.items() if not spec.get("description")]
         assert undocumented == [], f"{name}: {undocumented}"

@@ -15,17 +15,35 @@ from apps.registry.models import Tool
 
 
 def circuit_allows(tool: Tool) -> bool:
-    """May a call go to this tool now? Claims the probe when the cool-down has passed."""
+    """May a call go to this tool now? Claims the probe when the cool-down has passed. A probe
+    that never reported back (its worker died) is given up after another cool-down, so that a
+    half-open circuit cannot stay stuck."""
     circuit, _ = ToolCircuit.objects.get_or_create(tool=tool)
     if circuit.state == ToolCircuit.State.CLOSED:
         return True
-    if circuit.state == ToolCircuit.State.HALF_OPEN:
-        return False  # a probe is in flight
     cooled = timezone.now() - timedelta(seconds=tool.breaker_cooldown_seconds)
+    if circuit.state == ToolCircuit.State.HALF_OPEN:
+        # updated_at moves with every claim, so only one worker wins a stale probe.
+        claimed = ToolCircuit.objects.filter(
+            pk=circuit.pk, state=ToolCircuit.State.HALF_OPEN, updated_at__lte=cooled
+        ).update(state=ToolCircuit.State.HALF_OPEN, updated_at=timezone.now())
+        return claimed == 1
     claimed = ToolCircuit.objects.filter(
         pk=circuit.pk, state=ToolCircuit.State.OPEN, opened_at__lte=cooled
-    ).update(state=ToolCircuit.State.HALF_OPEN)
+    ).update(state=ToolCircuit.State.HALF_OPEN, updated_at=timezone.now())
     return claimed == 1
+
+
+def circuit_refusing(tool: Tool) -> ToolCircuit | None:
+    """The tool's circuit while it is open and cooling down, else None. Once the cool-down has
+    passed, work is let through again so that one call can probe: holding it all at the gate
+    would keep the circuit open for ever."""
+    cooling_since = timezone.now() - timedelta(seconds=tool.breaker_cooldown_seconds)
+    return ToolCircuit.objects.filter(
+        Q(opened_at__isnull=True) | Q(opened_at__gt=cooling_since),
+        tool=tool,
+        state=ToolCircuit.State.OPEN,
+    ).first()
 
 
 def circuit_success(tool: Tool) -> None:

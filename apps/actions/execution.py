@@ -61,15 +61,19 @@ def backoff(attempt: int) -> float:
 
 def _escalate_failure(action: Action, error: str) -> Outcome:
     owner = action.book_version.escalation_owner_id if action.book_version else None
-    transition(
-        action,
-        Status.FAILED,
-        actor="system:worker",
-        data={"error": error, "escalated_to": owner},
-        error=error,
-        escalated_to_id=owner,
-        finished_at=timezone.now(),
-    )
+    try:
+        transition(
+            action,
+            Status.FAILED,
+            actor="system:worker",
+            data={"error": error, "escalated_to": owner},
+            error=error,
+            escalated_to_id=owner,
+            finished_at=timezone.now(),
+        )
+    except IllegalTransition as exc:
+        # A duplicate delivery of the same action finished it first.
+        return Outcome(exc.current, note="finished by another delivery")
     logger.warning("action %s failed: %s", action.pk, error)
     return Outcome(Status.FAILED, note=error)
 
@@ -99,8 +103,12 @@ def action_execute(*, action_id: UUID) -> Outcome:
 
     tool = action.tool
     if not circuit_allows(tool):
+        # A first delivery (attempts == 0) never reached the system of record; a resumed one
+        # may have, so the owner is told to check before acting again.
+        maybe = "" if action.attempts == 0 else "; an earlier attempt may have reached it, check"
         return _escalate_failure(
-            action, f"circuit open for {tool.slug}: not called ({circuit_open_error(tool)})"
+            action,
+            f"circuit open for {tool.slug}: not called{maybe} ({circuit_open_error(tool)})",
         )
     Action.objects.filter(pk=action.pk).update(attempts=action.attempts + 1)
     action.attempts += 1
@@ -123,14 +131,19 @@ def action_execute(*, action_id: UUID) -> Outcome:
             )
         return _escalate_failure(action, f"{failure.message} (after {action.attempts} attempt(s))")
     circuit_success(tool)
-    transition(
-        action,
-        Status.SUCCEEDED,
-        actor="system:worker",
-        data={"result": result},
-        result=result,
-        finished_at=timezone.now(),
-    )
+    try:
+        transition(
+            action,
+            Status.SUCCEEDED,
+            actor="system:worker",
+            data={"result": result},
+            result=result,
+            finished_at=timezone.now(),
+        )
+    except IllegalTransition as exc:
+        # A duplicate delivery of the same action finished it first (same downstream key, so
+        # the same single effect).
+        return Outcome(exc.current, note="finished by another delivery")
     return Outcome(Status.SUCCEEDED)
 
 

@@ -1,0 +1,104 @@
+"""A worker killed in the middle of an action: the action still ends once, with one effect.
+
+Why one refund and not zero or two:
+- late acknowledgement (`acks_late`): the broker message is acknowledged only when the task
+  returns, so a worker that dies mid-call leaves it unacknowledged, and Redis hands it to
+  another worker once the visibility timeout has passed: the action is not lost;
+- the claim: queued -> running is one conditional UPDATE, so the redelivered task finds the
+  action running (not queued) and only resumes it; no second claim, no second "running";
+- the downstream idempotency key: every call for the action carries `esc-<action id>`, so the
+  sandbox answers the resumed call with the stored answer of the first (whose effect landed even
+  though its caller died) instead of refunding again: the effect happens once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from apps.actions.models import Action, Status
+from apps.audit.selectors import flight_record
+from apps.sandbox.models import FaultMode
+from apps.sandbox.selectors import effect_count, refunds_for
+from apps.sandbox.services import faults_set
+from tests.execution.conftest import (
+    ROOMY_ORDER,
+    SandboxRequest,
+    Worker,
+    World,
+    calls_with,
+    propose_refund,
+    wait_for_status,
+    worker_kill,
+    worker_start,
+    worker_stop,
+)
+
+# Seconds before Redis hands an unacknowledged task to another worker. Kombu's Redis transport
+# looks for such tasks when a worker starts, and after that only every 100 s (its sweep interval
+# times its throttle, 10 x 10 s), so the second worker is started once the timeout has passed.
+# (A worker with this timeout restores every task left unacknowledged for longer, whatever its
+# queue: the tests before this one leave none behind.)
+VISIBILITY_TIMEOUT = 3
+SLOW_SANDBOX_MS = 2_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
+    world: World, own_queue: str, sandbox_requests: list[SandboxRequest]
+) -> None:
+    env = {"CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    workers: list[Worker] = []
+    try:
+        # Given a worker whose prefork child runs the task, and a sandbox slow enough that the
+        # refund call is still in flight when the worker dies
+        workers.append(worker_start(queue=own_queue, name="first", env=env))
+        faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
+        action = propose_refund(world, amount_cents=3_000)
+        running = wait_for_status(action, Status.RUNNING, timeout=15)
+        assert running.started_at is not None
+        deadline = time.monotonic() + 10
+        while not calls_with(sandbox_requests, f"esc-{action.pk}"):
+            assert time.monotonic() < deadline, "the worker's call never reached the sandbox"
+            time.sleep(0.02)
+        assert not refunds_for(ROOMY_ORDER).exists()
+
+        # When the worker's whole process group is killed mid-call
+        worker_kill(workers[0])
+        # ... the orphaned call still lands in the sandbox (its caller is gone, not the request)
+        deadline = time.monotonic() + 10
+        while not refunds_for(ROOMY_ORDER).exists():
+            assert time.monotonic() < deadline, "the orphaned call never made its refund"
+            time.sleep(0.05)
+        assert Action.objects.get(pk=action.pk).status == Status.RUNNING
+        faults_set(mode=FaultMode.HEALTHY)
+        # ... and a second worker starts on the same queue once the message is visible again
+        visible_again = running.started_at.timestamp() + VISIBILITY_TIMEOUT + 1
+        time.sleep(max(0.0, visible_again - timezone.now().timestamp()))
+        workers.append(worker_start(queue=own_queue, name="second", env=env))
+
+        # Then the action ends succeeded, once, with exactly one refund in the sandbox
+        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=20)
+        assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
+        refunds = list(refunds_for(ROOMY_ORDER))
+        assert len(refunds) == 1
+        assert done.result is not None
+        assert done.result["refund_id"] == refunds[0].pk
+        assert effect_count(f"esc-{action.pk}") == 1
+        # ... though the sandbox was called twice, once by each worker: the key made it one
+        assert calls_with(sandbox_requests, f"esc-{action.pk}") == 2
+        assert done.attempts == 2
+        verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+        assert verbs == [
+            "action.proposed",
+            "action.approved",
+            "action.queued",
+            "action.running",
+            "action.succeeded",
+        ]
+    finally:
+        faults_set(mode=FaultMode.HEALTHY)
+        for worker in workers:
+            worker_stop(worker)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -67,6 +71,40 @@ def _actor(actor: AbstractBaseUser | AnonymousUser | str | None) -> tuple[str, s
     return AuditEvent.ActorType.USER, actor.get_username() or "anonymous"
 
 
+@dataclass
+class _Pending:
+    created_at: datetime
+    actor_type: str
+    actor: str
+    verb: str
+    target_type: str
+    target_id: str
+    subject: str
+    payload: Any
+    digest: str
+
+
+_batch: ContextVar[list[_Pending] | None] = ContextVar("audit_batch", default=None)
+
+
+@contextmanager
+def audit_batch() -> Iterator[None]:
+    """Collect the events recorded inside and append them to the chain together when the block
+    ends: one lock of the chain head and one insert for the lot, the same chain. Use it inside
+    the transaction of the change; nested blocks join the outer one."""
+    if _batch.get() is not None:
+        yield
+        return
+    pending: list[_Pending] = []
+    token = _batch.set(pending)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+    if pending:
+        _append(pending)
+
+
 def audit_record(
     *,
     actor: AbstractBaseUser | AnonymousUser | str | None,
@@ -74,48 +112,74 @@ def audit_record(
     target: models.Model,
     data: dict[str, Any] | None = None,
     subject: str = "",
-) -> AuditEvent:
-    """Append one event to the chain. Writers are serialised by a row lock on the chain head, so
-    concurrent transactions cannot fork the chain; the lock is held to the end of the caller's
-    transaction, which keeps the chain in commit order."""
+) -> AuditEvent | None:
+    """Append one event to the chain (or to the open `audit_batch`, which returns None).
+
+    Writers are serialised by a row lock on the chain head, so concurrent transactions cannot
+    fork the chain; the lock is held to the end of the caller's transaction, which keeps the
+    chain in commit order."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
-    ChainHead.objects.get_or_create(pk=1)
-    head = ChainHead.objects.select_for_update().get(pk=1)
     actor_type, actor_name = _actor(actor)
     # Stored exactly as digested: through JSON and back, so Decimals and datetimes become the
     # strings the verifier will read.
     payload = json.loads(canonical_json(data or {}))
-    digest = payload_digest(payload)
-    sequence = head.last_sequence + 1
-    created_at = timezone.now()
-    target_type = target._meta.label_lower
-    target_id = str(target.pk)
-    this_hash = event_hash(
-        sequence=sequence,
-        created_at=created_at,
+    entry = _Pending(
+        created_at=timezone.now(),
         actor_type=actor_type,
         actor=actor_name,
         verb=verb,
-        target_type=target_type,
-        target_id=target_id,
-        subject=subject,
-        digest=digest,
-        previous_hash=head.last_hash,
-    )
-    event = AuditEvent.objects.create(
-        sequence=sequence,
-        created_at=created_at,
-        actor_type=actor_type,
-        actor=actor_name,
-        verb=verb,
-        target_type=target_type,
-        target_id=target_id,
+        target_type=target._meta.label_lower,
+        target_id=str(target.pk),
         subject=subject,
         payload=payload,
-        payload_digest=digest,
-        previous_hash=head.last_hash,
-        hash=this_hash,
+        digest=payload_digest(payload),
     )
-    ChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=this_hash)
-    return event
+    batch = _batch.get()
+    if batch is not None:
+        batch.append(entry)
+        return None
+    return _append([entry])[0]
+
+
+def _append(entries: list[_Pending]) -> list[AuditEvent]:
+    head = ChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        ChainHead.objects.get_or_create(pk=1)
+        head = ChainHead.objects.select_for_update().get(pk=1)
+    sequence, previous = head.last_sequence, head.last_hash
+    events = []
+    for entry in entries:
+        sequence += 1
+        this_hash = event_hash(
+            sequence=sequence,
+            created_at=entry.created_at,
+            actor_type=entry.actor_type,
+            actor=entry.actor,
+            verb=entry.verb,
+            target_type=entry.target_type,
+            target_id=entry.target_id,
+            subject=entry.subject,
+            digest=entry.digest,
+            previous_hash=previous,
+        )
+        events.append(
+            AuditEvent(
+                sequence=sequence,
+                created_at=entry.created_at,
+                actor_type=entry.actor_type,
+                actor=entry.actor,
+                verb=entry.verb,
+                target_type=entry.target_type,
+                target_id=entry.target_id,
+                subject=entry.subject,
+                payload=entry.payload,
+                payload_digest=entry.digest,
+                previous_hash=previous,
+                hash=this_hash,
+            )
+        )
+        previous = this_hash
+    AuditEvent.objects.bulk_create(events)
+    ChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=previous)
+    return events

@@ -22,8 +22,8 @@ from jsonschema.exceptions import ValidationError as SchemaError
 
 from apps.actions.breaker import circuit_refusing
 from apps.actions.models import Action, Decision, Status
-from apps.actions.states import transition
-from apps.audit.services import audit_record
+from apps.actions.states import IllegalTransition, can_transition, transition
+from apps.audit.services import audit_batch, audit_record
 from apps.books.compilation import action_facts, book_decide
 from apps.books.models import BookVersion
 from apps.killswitches.models import KillSwitch, covering
@@ -147,13 +147,14 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
 
     if agent.status != Agent.Status.ACTIVE:
         raise GateRefusal(403, f"Agent {agent.slug} is {agent.status} and may not act.")
-    if proposal.workflow not in key_workflow_slugs(key):
+    served = tuple(sorted(agent.workflows.values_list("slug", flat=True)))
+    allowed = key_workflow_slugs(key, served=served)
+    if proposal.workflow not in allowed:
         raise GateRefusal(
             403,
             f"This key may not act in workflow {proposal.workflow!r}.",
             "workflow",
-            "not among the key's workflows: "
-            + (", ".join(sorted(key_workflow_slugs(key))) or "none"),
+            "not among the key's workflows: " + (", ".join(sorted(allowed)) or "none"),
         )
     tool = agent.tools.filter(slug=proposal.tool).first()
     if tool is None:
@@ -169,8 +170,8 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
         raise GateRefusal(422, f"Invalid params: {path}: {message}", path, message)
 
     try:
-        with transaction.atomic():
-            action = _record(key, agent, proposal.workflow, tool, proposal)
+        with transaction.atomic(), audit_batch():
+            action = _record(key, agent, served, proposal.workflow, tool, proposal)
     except IntegrityError:
         # A concurrent duplicate committed first: answer with its action.
         earlier = _existing(agent, proposal)
@@ -181,7 +182,12 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
 
 
 def _record(
-    key: AgentKey, agent: Agent, workflow_slug: str, tool: Tool, proposal: Proposal
+    key: AgentKey,
+    agent: Agent,
+    served: tuple[str, ...],
+    workflow_slug: str,
+    tool: Tool,
+    proposal: Proposal,
 ) -> Action:
     # The active version brings its workflow along: one query where there were two (the gate's
     # time goes mostly to its statements; see docs/benchmarks.md).
@@ -223,7 +229,7 @@ def _record(
             }
             for switch in switches
         ]
-        return _save_and_move(action, Status.BLOCKED, agent)
+        return _enter(action, agent, Status.BLOCKED)
     if version is None:
         action.reasons = [
             {
@@ -231,7 +237,7 @@ def _record(
                 "message": f"Workflow {workflow.slug} has no published Decision Book",
             }
         ]
-        return _save_and_move(action, Status.DENIED, agent)
+        return _enter(action, agent, Status.DENIED)
 
     facts = action_facts(
         version=version,
@@ -242,15 +248,16 @@ def _record(
         at=timezone.localtime(),
         segment=proposal.segment,
         subject=proposal.subject,
+        agent_workflows=served,
     )
     verdict = book_decide(version, facts)
     action.decision = verdict.decision
     action.reasons = [reason.as_dict() for reason in verdict.reasons]
     action.spot_check = verdict.spot_check
     if verdict.decision == Decision.OBSERVE:
-        return _save_and_move(action, Status.OBSERVED, agent)
+        return _enter(action, agent, Status.OBSERVED)
     if verdict.decision == Decision.DENY:
-        return _save_and_move(action, Status.DENIED, agent)
+        return _enter(action, agent, Status.DENIED)
     if verdict.decision == Decision.ALLOW:
         circuit = circuit_refusing(tool)
         if circuit is not None:
@@ -263,43 +270,66 @@ def _record(
                 }
             ]
             action.escalated_to_id = version.escalation_owner_id
-            return _save_and_move(action, Status.PENDING_REVIEW, agent)
-        _save_and_move(action, Status.APPROVED, agent)
-        return action_enqueue(action, actor=f"agent:{agent.slug}")
-    return _save_and_move(action, Status.PENDING_REVIEW, agent)
+            return _enter(action, agent, Status.PENDING_REVIEW)
+        action.queued_at = timezone.now()
+        _enter(action, agent, Status.APPROVED, Status.QUEUED)
+        _dispatch_on_commit(action)
+        return action
+    return _enter(action, agent, Status.PENDING_REVIEW)
 
 
-def _save_and_move(action: Action, to: str, agent: Agent) -> Action:
-    if action._state.adding:
-        action.save(force_insert=True)
+def _enter(action: Action, agent: Agent, *path: str) -> Action:
+    """Write a new action once, in the state it reaches along `path` from proposed.
+
+    Each step must be a transition of the state machine and is audited as one, exactly as
+    `transition` would record it; only the row is written once instead of once per step (the
+    gate's time is mostly its statements: see docs/benchmarks.md)."""
+    current: str = Status.PROPOSED
+    for step in path:
+        if not can_transition(current, step):
+            raise IllegalTransition(action.pk, current, step)
+        current = step
+    action.status = current
+    action.save(force_insert=True)
+    audit_record(
+        actor=f"agent:{agent.slug}",
+        verb="action.proposed",
+        target=action,
+        subject=action.subject,
+        data={
+            "workflow": action.workflow.slug,
+            "tool": action.tool.slug,
+            "params": action.params,
+            "confidence": str(action.confidence) if action.confidence is not None else None,
+            "book_version": action.book_version.number if action.book_version else None,
+            "idempotency_key": action.idempotency_key,
+            "trace_id": action.trace_id,
+        },
+    )
+    previous: str = Status.PROPOSED
+    for step in path:
+        decided = previous == Status.PROPOSED
         audit_record(
-            actor=f"agent:{agent.slug}",
-            verb="action.proposed",
+            actor="system:gate" if decided else f"agent:{agent.slug}",
+            verb=f"action.{step}",
             target=action,
             subject=action.subject,
-            data={
-                "workflow": action.workflow.slug,
-                "tool": action.tool.slug,
-                "params": action.params,
-                "confidence": str(action.confidence) if action.confidence is not None else None,
-                "book_version": action.book_version.number if action.book_version else None,
-                "idempotency_key": action.idempotency_key,
-                "trace_id": action.trace_id,
-            },
+            data={"from": previous, "to": step}
+            | ({"decision": action.decision, "reasons": action.reasons} if decided else {}),
         )
-    return transition(
-        action,
-        to,
-        actor="system:gate",
-        data={"decision": action.decision, "reasons": action.reasons},
-    )
+        previous = step
+    return action
+
+
+def _dispatch_on_commit(action: Action) -> None:
+    from apps.actions.tasks import execute_action
+
+    action_id = str(action.pk)
+    transaction.on_commit(lambda: execute_action.delay(action_id))
 
 
 def action_enqueue(action: Action, *, actor: str | Any) -> Action:
     """approved -> queued, and hand the id to a worker once the transaction commits."""
-    from apps.actions.tasks import execute_action
-
     transition(action, Status.QUEUED, actor=actor, queued_at=timezone.now())
-    action_id = str(action.pk)
-    transaction.on_commit(lambda: execute_action.delay(action_id))
+    _dispatch_on_commit(action)
     return action

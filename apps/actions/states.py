@@ -58,7 +58,6 @@ def can_transition(current: str, target: str) -> bool:
     return target in TRANSITIONS.get(current, frozenset())
 
 
-@transaction.atomic
 def transition(
     action: Action,
     to: str,
@@ -74,6 +73,22 @@ def transition(
     and `also` when given), so two workers racing for the same move cannot both win: the loser
     updates no row and gets IllegalTransition with the status it found. `action` is updated in
     place and returned."""
+    if transaction.get_connection().in_atomic_block:
+        # Inside the caller's transaction already: no savepoint needed (one statement less).
+        return _transition(action, to, actor=actor, data=data, also=also, **fields)
+    with transaction.atomic():
+        return _transition(action, to, actor=actor, data=data, also=also, **fields)
+
+
+def _transition(
+    action: Action,
+    to: str,
+    *,
+    actor: Actor,
+    data: Mapping[str, Any] | None,
+    also: Any,
+    **fields: Any,
+) -> Action:
     sources = sources_of(to)
     now = timezone.now()
     query = Action.objects.filter(pk=action.pk, status__in=sources)

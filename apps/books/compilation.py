@@ -188,14 +188,18 @@ def action_facts(
     at: datetime,
     segment: str = "",
     subject: str = "",
+    agent_workflows: tuple[str, ...] | None = None,
 ) -> ActionFacts:
-    """What the policy sees of one proposed action, from the registry and the book."""
+    """What the policy sees of one proposed action, from the registry and the book
+    (`agent_workflows`: the agent's workflow slugs, sorted, when the caller has read them)."""
     amount = params.get(tool.amount_param) if tool.amount_param else None
     currency = params.get("currency")
     return ActionFacts(
         agent=agent.slug,
         agent_risk_tier=agent.risk_tier,
-        agent_workflows=tuple(sorted(agent.workflows.values_list("slug", flat=True))),
+        agent_workflows=agent_workflows
+        if agent_workflows is not None
+        else tuple(sorted(agent.workflows.values_list("slug", flat=True))),
         tool=tool.slug,
         tool_zone=zone_of(version, tool.slug, tool.risk_zone),
         tool_reversible=tool.reversible,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -98,8 +99,11 @@ def agent_key_authenticate(key: str) -> AgentKey:
     return record
 
 
-def key_workflow_slugs(record: AgentKey) -> set[str]:
-    """The workflows a key may act in: its own scope within the agent's, or all the agent's."""
-    served = set(record.agent.workflows.values_list("slug", flat=True))
+def key_workflow_slugs(record: AgentKey, *, served: Iterable[str] | None = None) -> set[str]:
+    """The workflows a key may act in: its own scope within the agent's, or all the agent's
+    (`served`, when the caller has already read them)."""
+    served = set(
+        served if served is not None else record.agent.workflows.values_list("slug", flat=True)
+    )
     scoped = set(record.workflows.values_list("slug", flat=True))
     return scoped & served if scoped else served

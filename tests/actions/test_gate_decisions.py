@@ -339,7 +339,7 @@ def failing_audit(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], Non
     failing_at: list[int | None] = [None]
     calls: list[str] = []
 
-    def audit_record(**kwargs: Any) -> AuditEvent:
+    def audit_record(**kwargs: Any) -> AuditEvent | None:
         calls.append(kwargs["verb"])
         if len(calls) == failing_at[0]:
             raise RuntimeError(f"audit write {kwargs['verb']} failed")

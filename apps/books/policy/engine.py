@@ -149,7 +149,7 @@ class CompiledPolicies:
         for policy in kept.values():
             for condition in policy.get("conditions", []):
                 whole = not _context_fields(condition["body"], fields) or whole
-        native = NativePolicies.build(kept) if USE_NATIVE else None
+        native = NativePolicies.build(kept, action=action) if USE_NATIVE else None
         return PolicySlice(policy_set, None if whole else frozenset(fields), native)
 
 
@@ -254,7 +254,12 @@ _CEDAR_DECIMAL_MIN = Decimal(-(2**63)).scaleb(-4)
 _CEDAR_DECIMAL_MAX = Decimal(2**63 - 1).scaleb(-4)
 
 
+_SMALL = Decimal(10) ** 12
+
+
 def is_cedar_decimal(value: Decimal) -> bool:
+    if value.is_finite() and -_SMALL < value < _SMALL:
+        return True  # the common case (a confidence), well inside the range whatever the places
     if not value.is_finite() or value.adjusted() > 50:
         return False
     rounded = value.quantize(Decimal("0.0001"), context=_WIDE)

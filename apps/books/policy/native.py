@@ -183,6 +183,10 @@ def _want(value: Value, kind: type, name: str) -> Any:
     return value
 
 
+def _not_bool(value: Value) -> EvalError:
+    return EvalError(f"type error: expected Bool, got {_type_name(value)}")
+
+
 def _long(value: int) -> int:
     if not LONG_MIN <= value <= LONG_MAX:
         raise EvalError("integer overflow")
@@ -311,23 +315,48 @@ def compile_expr(node: Mapping[str, Any]) -> Expr:
         return lambda env, store: _long(-_want(arg(env, store), int, "Long"))
     if kind in ("&&", "||"):
         left, right = compile_expr(body["left"]), compile_expr(body["right"])
+        # The hot path of most policies: written out, checks inlined (`is True/False` is the type
+        # check, as only bools are those two objects).
         if kind == "&&":
 
             def conjunction(env: Env, store: EntityStore) -> bool:
-                if not _want(left(env, store), bool, "Bool"):
+                first = left(env, store)
+                if first is False:
                     return False
-                return bool(_want(right(env, store), bool, "Bool"))
+                if first is not True:
+                    raise _not_bool(first)
+                second = right(env, store)
+                if second is True or second is False:
+                    return second
+                raise _not_bool(second)
 
             return conjunction
 
         def disjunction(env: Env, store: EntityStore) -> bool:
-            if _want(left(env, store), bool, "Bool"):
+            first = left(env, store)
+            if first is True:
                 return True
-            return bool(_want(right(env, store), bool, "Bool"))
+            if first is not False:
+                raise _not_bool(first)
+            second = right(env, store)
+            if second is True or second is False:
+                return second
+            raise _not_bool(second)
 
         return disjunction
     if kind in ("==", "!="):
         left, right = compile_expr(body["left"]), compile_expr(body["right"])
+        constant = _constant_of(right)
+        if type(constant) in _HASHABLE:
+            # Against a scalar literal (`context.segment == "vip"`): same type and same value.
+            kind_of = type(constant)
+            if kind == "==":
+                return lambda env, store: (
+                    type(value := left(env, store)) is kind_of and value == constant
+                )
+            return lambda env, store: (
+                not (type(value := left(env, store)) is kind_of and value == constant)
+            )
         if kind == "==":
             return lambda env, store: equal(left(env, store), right(env, store))
         return lambda env, store: not equal(left(env, store), right(env, store))
@@ -337,9 +366,14 @@ def compile_expr(node: Mapping[str, Any]) -> Expr:
             compile_expr(body["right"]),
             _COMPARE[kind],
         )
-        return lambda env, store: compare(
-            _want(left(env, store), int, "Long"), _want(right(env, store), int, "Long")
-        )
+
+        def comparison(env: Env, store: EntityStore) -> bool:
+            a, b = left(env, store), right(env, store)
+            if type(a) is not int or type(b) is not int:
+                raise EvalError(f"type error: {kind} needs two Longs")
+            return compare(a, b)
+
+        return comparison
     if kind in _ARITHMETIC:
         left, right, apply = (
             compile_expr(body["left"]),
@@ -353,8 +387,27 @@ def compile_expr(node: Mapping[str, Any]) -> Expr:
         left, right = compile_expr(body["left"]), compile_expr(body["right"])
         return lambda env, store: _in(left(env, store), right(env, store), store)
     if kind == ".":
-        target, name = compile_expr(body["left"]), body["attr"]
-        return lambda env, store: _attr(target(env, store), name, store)
+        name = body["attr"]
+        if body["left"] == {"Var": "context"}:
+            # `context.x`, the commonest read of all: the context is always a record.
+            def context_attribute(env: Env, store: EntityStore) -> Value:
+                context = env["context"]
+                if name in context:
+                    return context[name]
+                raise EvalError(f"record has no attribute {name!r}")
+
+            return context_attribute
+        target = compile_expr(body["left"])
+
+        def attribute(env: Env, store: EntityStore) -> Value:
+            value = target(env, store)
+            if type(value) is dict:  # records (the context and its params) first: most reads
+                if name in value:
+                    return value[name]
+                raise EvalError(f"record has no attribute {name!r}")
+            return _attr(value, name, store)
+
+        return attribute
     if kind == "has":
         if not isinstance(body["attr"], str):
             raise Unsupported("`has` on an attribute path")
@@ -443,15 +496,24 @@ def _entity(spec: Mapping[str, Any]) -> Uid:
     return Uid(spec["type"], spec["id"])
 
 
+def _admit_all(value: Value, store: EntityStore) -> bool:
+    return True
+
+
+def _maybe(scope: Scope) -> Scope | None:
+    return None if scope is _admit_all else scope
+
+
 def compile_scope(spec: Mapping[str, Any]) -> Scope:
     op = spec["op"]
     if op == "All":
-        return lambda value, store: True
+        return _admit_all
     if op == "==":
         if "entity" not in spec:
             raise Unsupported("template slot in scope")
         target = _entity(spec["entity"])
-        return lambda value, store: value == target
+        target_id, target_type = target.id, target.type
+        return lambda value, store: value.id == target_id and value.type == target_type
     if op == "in":
         if "entities" in spec:
             targets = CedarSet(_entity(item) for item in spec["entities"])
@@ -471,25 +533,31 @@ def compile_scope(spec: Mapping[str, Any]) -> Scope:
     raise Unsupported(f"scope operator {op!r}")
 
 
+_NO_ENTITIES = EntityStore({}, {})
+
+
 @dataclass(frozen=True)
 class NativePolicy:
     cedar_id: str
     forbid: bool
-    principal: Scope
-    action: Scope
-    resource: Scope
+    # None: the scope admits everything (or was checked when the set was built).
+    principal: Scope | None
+    action: Scope | None
+    resource: Scope | None
     conditions: tuple[tuple[bool, Expr], ...]  # (is_when, body)
 
     def applies(self, env: Env, store: EntityStore) -> bool:
         if not (
-            self.principal(env["principal"], store)
-            and self.action(env["action"], store)
-            and self.resource(env["resource"], store)
+            (self.principal is None or self.principal(env["principal"], store))
+            and (self.action is None or self.action(env["action"], store))
+            and (self.resource is None or self.resource(env["resource"], store))
         ):
             return False
         for is_when, body in self.conditions:
-            holds = _want(body(env, store), bool, "Bool")
+            holds = body(env, store)
             if holds is not is_when:
+                if holds is not True and holds is not False:
+                    raise _not_bool(holds)
                 return False
         return True
 
@@ -501,22 +569,36 @@ class NativePolicies:
         self.policies = policies
 
     @classmethod
-    def build(cls, static_policies: Mapping[str, Mapping[str, Any]]) -> NativePolicies | None:
+    def build(
+        cls, static_policies: Mapping[str, Mapping[str, Any]], *, action: str | None = None
+    ) -> NativePolicies | None:
+        """Compile a set; None if it uses a construct this evaluator does not know.
+
+        With `action`, the set will only be asked about that action, whose entity has no
+        parents in this product's schema: action scopes are decided here, once, and policies
+        for other actions dropped."""
+        fixed = Uid("Action", action) if action is not None else None
         try:
-            compiled = [
-                NativePolicy(
-                    cedar_id=cedar_id,
-                    forbid=policy["effect"] == "forbid",
-                    principal=compile_scope(policy["principal"]),
-                    action=compile_scope(policy["action"]),
-                    resource=compile_scope(policy["resource"]),
-                    conditions=tuple(
-                        (condition["kind"] == "when", compile_expr(condition["body"]))
-                        for condition in policy.get("conditions", [])
-                    ),
+            compiled = []
+            for cedar_id, policy in static_policies.items():
+                action_scope = _maybe(compile_scope(policy["action"]))
+                if fixed is not None:
+                    if action_scope is not None and not action_scope(fixed, _NO_ENTITIES):
+                        continue
+                    action_scope = None
+                compiled.append(
+                    NativePolicy(
+                        cedar_id=cedar_id,
+                        forbid=policy["effect"] == "forbid",
+                        principal=_maybe(compile_scope(policy["principal"])),
+                        action=action_scope,
+                        resource=_maybe(compile_scope(policy["resource"])),
+                        conditions=tuple(
+                            (condition["kind"] == "when", compile_expr(condition["body"]))
+                            for condition in policy.get("conditions", [])
+                        ),
+                    )
                 )
-                for cedar_id, policy in static_policies.items()
-            ]
         except (Unsupported, EvalError, KeyError, TypeError):
             return None
         return cls(compiled)

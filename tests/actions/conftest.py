@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 from django.test import Client
 
 from apps.accounts.roles import Role
@@ -93,34 +92,6 @@ def verbs_of(action_id: object) -> list[str]:
         .order_by("sequence")
         .values_list("verb", flat=True)
     )
-
-
-def at_once(count: int, call: Callable[[int], Any]) -> list[Any]:
-    """Run call(0..count-1) on `count` threads released together by a barrier; return the
-    results in order. Each thread closes its own database connection when done, so that the
-    test database can be flushed and dropped afterwards."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[index] = call(index)
-        except BaseException as exc:  # noqa: BLE001 (re-raised on the test's thread below)
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not [thread for thread in threads if thread.is_alive()], "a thread hung"
-    if errors:
-        raise errors[0]
-    return results
 
 
 @pytest.fixture

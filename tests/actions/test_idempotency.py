@@ -24,7 +24,6 @@ from apps.registry.models import Agent, AgentKey, Tool, Workflow
 from apps.registry.services import IssuedKey, agent_key_create
 from tests.actions.conftest import (
     CaptureCallbacks,
-    at_once,
     proposal,
     proposal_body,
     propose,
@@ -32,6 +31,7 @@ from tests.actions.conftest import (
     refund_params,
     verbs_of,
 )
+from tests.concurrency import at_once
 from tests.factories import make_agent
 
 

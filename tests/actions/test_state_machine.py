@@ -16,7 +16,8 @@ from apps.actions.states import TERMINAL, TRANSITIONS, IllegalTransition, transi
 from apps.audit.models import AuditEvent
 from apps.audit.selectors import audit_verify
 from apps.registry.models import Agent, Tool, Workflow
-from tests.actions.conftest import GOOD_PARAMS, at_once, verbs_of
+from tests.actions.conftest import GOOD_PARAMS, verbs_of
+from tests.concurrency import at_once
 
 # Section 4 of PRODUCT.md, written out again: a change to the machine must change this too.
 SPECIFIED = {

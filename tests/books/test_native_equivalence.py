@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from apps.books.content import ToolRule
 from apps.books.policy import engine
 from apps.books.policy.compiler import Controls, compile_controls
-from apps.books.policy.engine import ActionFacts, CompiledPolicies, PolicyVerdict
+from apps.books.policy.engine import CompiledPolicies, PolicyVerdict
 from apps.books.policy.native import (
     LONG_MAX,
     LONG_MIN,
@@ -45,6 +45,7 @@ from apps.books.policy.native import (
     from_json,
 )
 from apps.books.policy.schema import ToolParams, param_types
+from tests.factories import refund_facts
 
 Json = Any
 Entity = dict[str, Any]
@@ -933,23 +934,7 @@ BOOKS: dict[str, str] = {
     "controls with a construct left to cedarpy": CONTROLS + IP_POLICY + WHOLE_CONTEXT,
 }
 
-WEDNESDAY_10 = datetime(2025, 3, 5, 10, 0, tzinfo=UTC)
-BASE_FACTS = ActionFacts(
-    agent="refund-bot",
-    agent_risk_tier="low",
-    agent_workflows=("refunds",),
-    tool="issue_refund",
-    tool_zone="yellow",
-    tool_reversible=True,
-    workflow="refunds",
-    at=WEDNESDAY_10,
-    params={"order_id": "1042", "amount_cents": 3000, "currency": "EUR", "reason": "damaged"},
-    amount=3000,
-    currency="EUR",
-    confidence=Decimal("0.92"),
-    segment="retail",
-    subject="order:1042",
-)
+BASE_FACTS = refund_facts(confidence=Decimal("0.92"))
 EMAIL: dict[str, Any] = {"tool": "send_email", "tool_zone": "green", "amount": None}
 CLOSE: dict[str, Any] = {"tool": "close_account", "tool_zone": "red", "tool_reversible": False}
 

@@ -3,12 +3,9 @@ what the HTTP connector sends."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from apps.sandbox.demo import sandbox_seed
@@ -41,31 +38,3 @@ def seeded(db: Any) -> None:
 
 def order(order_id: str) -> Order:
     return Order.objects.get(pk=order_id)
-
-
-def at_once(count: int, call: Callable[[int], Any]) -> list[Any]:
-    """Run call(0..count-1) on `count` threads released together; return the results in order.
-
-    Each thread has its own database connection and closes it at the end, so the test database
-    can be dropped afterwards."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[index] = call(index)
-        except BaseException as exc:  # noqa: BLE001 (re-raised on the test's thread below)
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    if errors:
-        raise errors[0]
-    return results

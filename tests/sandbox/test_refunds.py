@@ -9,7 +9,8 @@ from django.test import Client
 
 from apps.sandbox.models import IdempotencyRecord, Refund
 from apps.sandbox.selectors import effect_count, refunds_for
-from tests.sandbox.conftest import at_once, order, post
+from tests.concurrency import at_once
+from tests.sandbox.conftest import order, post
 
 pytestmark = pytest.mark.usefixtures("seeded")
 

@@ -271,7 +271,7 @@ def _record(
             ]
             action.escalated_to_id = version.escalation_owner_id
             return _enter(action, agent, Status.PENDING_REVIEW)
-        action.queued_at = timezone.now()
+        action.queued_at = action.created_at = timezone.now()
         _enter(action, agent, Status.APPROVED, Status.QUEUED)
         _dispatch_on_commit(action)
         return action

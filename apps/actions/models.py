@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from apps.books.models import BookVersion
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
@@ -74,7 +75,9 @@ class Action(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     undo_result = models.JSONField(null=True, blank=True)
 
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by the gate (not auto_now_add) so that an action queued at once is queued at the very
+    # moment it was proposed, never before it.
+    created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -366,11 +366,15 @@ def context_json(context: Mapping[str, Any], fields: frozenset[str] | None) -> s
 
 
 def _ask_slice(
-    compiled: CompiledPolicies, facts: ActionFacts, action: str, context: Mapping[str, Any]
+    compiled: CompiledPolicies,
+    facts: ActionFacts,
+    action: str,
+    context: Mapping[str, Any],
+    memo: dict[str, bool | str] | None = None,
 ) -> dict[str, Any]:
     policies = compiled.slice_for(action, facts.tool)
     if policies.native is not None:
-        return _ask_native(policies.native, facts, action, context, policies.fields)
+        return _ask_native(policies.native, facts, action, context, policies.fields, memo)
     return _ask(policies, facts, action, context_json(context, policies.fields))
 
 
@@ -380,6 +384,7 @@ def _ask_native(
     action: str,
     context: Mapping[str, Any],
     fields: frozenset[str] | None,
+    memo: dict[str, bool | str] | None = None,
 ) -> dict[str, Any]:
     return native.authorize(
         principal=Uid("Agent", facts.agent),
@@ -387,6 +392,7 @@ def _ask_native(
         resource=Uid("Tool", facts.tool),
         context=_native_context(context, fields),
         store=_native_entities(*_entity_key(facts)),
+        memo=memo,
     )
 
 
@@ -398,7 +404,9 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
             facts, (f"the confidence {facts.confidence} is out of the range of a Cedar decimal",)
         )
     context = context_values(facts, compiled.param_types)
-    execute = _ask_slice(compiled, facts, "execute", context)
+    # Verdicts of policies that both questions reach and that do not read `action`.
+    memo: dict[str, bool | str] = {}
+    execute = _ask_slice(compiled, facts, "execute", context, memo)
     errors = tuple(str(error) for error in execute["diagnostics"].get("errors", []))
     if execute["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)
@@ -409,7 +417,7 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
     held_by = compiled.reasons_for(execute["diagnostics"]["reason"]) or (
         Reason(NO_EXECUTE_PERMIT_ID, "No policy permits running this action without review"),
     )
-    propose = _ask_slice(compiled, facts, "propose", context)
+    propose = _ask_slice(compiled, facts, "propose", context, memo)
     errors += tuple(str(error) for error in propose["diagnostics"].get("errors", []))
     if propose["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)

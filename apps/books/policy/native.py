@@ -19,6 +19,7 @@ cedarpy. The equivalence with Cedar is checked by tests that decide the same req
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -545,6 +546,9 @@ class NativePolicy:
     action: Scope | None
     resource: Scope | None
     conditions: tuple[tuple[bool, Expr], ...]  # (is_when, body)
+    # Whether a condition reads `action`: if not, the policy's verdict for a request is the same
+    # whichever question asks it, and one evaluation can serve both.
+    reads_action: bool = True
 
     def applies(self, env: Env, store: EntityStore) -> bool:
         if not (
@@ -597,6 +601,7 @@ class NativePolicies:
                             (condition["kind"] == "when", compile_expr(condition["body"]))
                             for condition in policy.get("conditions", [])
                         ),
+                        reads_action=_reads_action(policy.get("conditions", [])),
                     )
                 )
         except (Unsupported, EvalError, KeyError, TypeError):
@@ -604,23 +609,46 @@ class NativePolicies:
         return cls(compiled)
 
     def authorize(
-        self, *, principal: Uid, action: Uid, resource: Uid, context: Value, store: EntityStore
+        self,
+        *,
+        principal: Uid,
+        action: Uid,
+        resource: Uid,
+        context: Value,
+        store: EntityStore,
+        memo: dict[str, bool | str] | None = None,
     ) -> dict[str, Any]:
+        """Decide one request. `memo` carries verdicts between the questions of one request
+        (same principal, resource and context): a policy that does not read `action` is
+        evaluated once for both (its action scope was settled when the set was built)."""
         env = {"principal": principal, "action": action, "resource": resource, "context": context}
         permits: list[str] = []
         forbids: list[str] = []
         errors: list[str] = []
         for policy in self.policies:
-            try:
-                if policy.applies(env, store):
-                    (forbids if policy.forbid else permits).append(policy.cedar_id)
-            except EvalError as exc:
-                errors.append(f"error while evaluating policy `{policy.cedar_id}`: {exc}")
+            cedar_id = policy.cedar_id
+            shared = memo is not None and not policy.reads_action
+            verdict = memo.get(cedar_id) if shared and memo is not None else None
+            if verdict is None:
+                try:
+                    verdict = policy.applies(env, store)
+                except EvalError as exc:
+                    verdict = f"error while evaluating policy `{cedar_id}`: {exc}"
+                if shared and memo is not None:
+                    memo[cedar_id] = verdict
+            if verdict is True:
+                (forbids if policy.forbid else permits).append(cedar_id)
+            elif verdict is not False:
+                errors.append(str(verdict))
         if forbids:
             return _answer("Deny", forbids, errors)
         if permits:
             return _answer("Allow", permits, errors)
         return _answer("Deny", [], errors)
+
+
+def _reads_action(conditions: Iterable[Mapping[str, Any]]) -> bool:
+    return '{"Var": "action"}' in json.dumps([condition["body"] for condition in conditions])
 
 
 def _answer(decision: str, reasons: list[str], errors: list[str]) -> dict[str, Any]:

@@ -365,35 +365,45 @@ def context_json(context: Mapping[str, Any], fields: frozenset[str] | None) -> s
     return json.dumps(_as_cedar_json(chosen))
 
 
-def _ask_slice(
-    compiled: CompiledPolicies,
-    facts: ActionFacts,
-    action: str,
-    context: Mapping[str, Any],
-    memo: dict[str, bool | str] | None = None,
-) -> dict[str, Any]:
-    policies = compiled.slice_for(action, facts.tool)
+class _Request:
+    """What both questions of one decision share: the context, in Cedar's JSON form for
+    cedarpy or as evaluator values (built once, whole: unread fields cost the evaluator nothing),
+    the entities, and the verdicts of policies both questions reach (see native.authorize)."""
+
+    def __init__(self, compiled: CompiledPolicies, facts: ActionFacts) -> None:
+        self.facts = facts
+        self.context = context_values(facts, compiled.param_types)
+        self.memo: dict[str, bool | str] = {}
+        self._native: tuple[Uid, Uid, dict[str, Any], EntityStore] | None = None
+
+    def native(self) -> tuple[Uid, Uid, dict[str, Any], EntityStore]:
+        if self._native is None:
+            facts = self.facts
+            self._native = (
+                Uid("Agent", facts.agent),
+                Uid("Tool", facts.tool),
+                _native_context(self.context, None),
+                _native_entities(*_entity_key(facts)),
+            )
+        return self._native
+
+
+_ACTIONS = {name: Uid("Action", name) for name in ("execute", "propose")}
+
+
+def _ask_slice(compiled: CompiledPolicies, request: _Request, action: str) -> dict[str, Any]:
+    policies = compiled.slice_for(action, request.facts.tool)
     if policies.native is not None:
-        return _ask_native(policies.native, facts, action, context, policies.fields, memo)
-    return _ask(policies, facts, action, context_json(context, policies.fields))
-
-
-def _ask_native(
-    native: NativePolicies,
-    facts: ActionFacts,
-    action: str,
-    context: Mapping[str, Any],
-    fields: frozenset[str] | None,
-    memo: dict[str, bool | str] | None = None,
-) -> dict[str, Any]:
-    return native.authorize(
-        principal=Uid("Agent", facts.agent),
-        action=Uid("Action", action),
-        resource=Uid("Tool", facts.tool),
-        context=_native_context(context, fields),
-        store=_native_entities(*_entity_key(facts)),
-        memo=memo,
-    )
+        principal, resource, context, store = request.native()
+        return policies.native.authorize(
+            principal=principal,
+            action=_ACTIONS.get(action) or Uid("Action", action),
+            resource=resource,
+            context=context,
+            store=store,
+            memo=request.memo,
+        )
+    return _ask(policies, request.facts, action, context_json(request.context, policies.fields))
 
 
 def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
@@ -403,10 +413,8 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
         return _not_evaluated(
             facts, (f"the confidence {facts.confidence} is out of the range of a Cedar decimal",)
         )
-    context = context_values(facts, compiled.param_types)
-    # Verdicts of policies that both questions reach and that do not read `action`.
-    memo: dict[str, bool | str] = {}
-    execute = _ask_slice(compiled, facts, "execute", context, memo)
+    request = _Request(compiled, facts)
+    execute = _ask_slice(compiled, request, "execute")
     errors = tuple(str(error) for error in execute["diagnostics"].get("errors", []))
     if execute["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)
@@ -417,7 +425,7 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
     held_by = compiled.reasons_for(execute["diagnostics"]["reason"]) or (
         Reason(NO_EXECUTE_PERMIT_ID, "No policy permits running this action without review"),
     )
-    propose = _ask_slice(compiled, facts, "propose", context, memo)
+    propose = _ask_slice(compiled, request, "propose")
     errors += tuple(str(error) for error in propose["diagnostics"].get("errors", []))
     if propose["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)

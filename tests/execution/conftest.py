@@ -161,7 +161,7 @@ def own_queue() -> Iterator[str]:
             Queue(name).bind(connection.default_channel).purge()
 
 
-# Workers started by the tests themselves (the session's `celery_worker` cannot be killed).
+# Workers started by the tests themselves (the suite-wide `celery_worker` fixture cannot be killed).
 
 
 @dataclass(frozen=True)

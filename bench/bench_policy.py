@@ -176,6 +176,25 @@ def measure(call: Callable[[], object], n: int) -> list[int]:
     return samples
 
 
+def measure_side_by_side(calls: list[Callable[[], object]], n: int) -> list[list[int]]:
+    """n timings of each call, taken in alternating batches, so that every call meets the same
+    phases of a machine whose speed drifts (this one's changes threefold within a minute)."""
+    for call in calls:
+        for _ in range(WARMUP):
+            call()
+    gc.collect()
+    clock = time.perf_counter_ns
+    batch = 250
+    samples: list[list[int]] = [[] for _ in calls]
+    while len(samples[0]) < n:
+        for call, taken in zip(calls, samples, strict=True):
+            for _ in range(min(batch, n - len(taken))):
+                start = clock()
+                call()
+                taken.append(clock() - start)
+    return samples
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     # Nearest rank: the smallest value with at least `fraction` of the values at or below it.
     rank = max(1, math.ceil(fraction * len(sorted_values)))
@@ -223,17 +242,12 @@ def main() -> list[dict[str, Any]]:
     if compiled.slice_for("execute", ALLOW.tool).native is None:
         raise RuntimeError("the benchmark's policies should run on the in-process evaluator")
 
+    allow_ns, hold_ns = measure_side_by_side(
+        [lambda: decide(compiled, ALLOW), lambda: decide(compiled, HOLD)], N
+    )
     rows = [
-        row(
-            "allow path: decide(), 1 question, in-process evaluator",
-            _us(measure(lambda: decide(compiled, ALLOW), N)),
-            target=True,
-        ),
-        row(
-            "hold path: decide(), 2 questions, in-process evaluator",
-            _us(measure(lambda: decide(compiled, HOLD), N)),
-            target=True,
-        ),
+        row("allow path: decide(), 1 question, in-process evaluator", _us(allow_ns), target=True),
+        row("hold path: decide(), 2 questions, in-process evaluator", _us(hold_ns), target=True),
         row(
             "comparison: allow path, every question through cedarpy",
             _us(measure(lambda: decide(through_cedarpy, ALLOW), N)),

@@ -3,6 +3,8 @@ conditions read `action`, and the verdicts are those of Cedar either way."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from apps.books.content import ToolRule
@@ -52,7 +54,8 @@ def test_decide__policy_reading_action__judged_per_question(
 
 
 def test_hold_path__shared_policies__evaluated_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given the refund controls, whose forbids apply to both questions
+    # Given the refund controls, whose forbids apply to both questions, asked for the first
+    # time (so the closures answer: the code is generated for the next question)
     monkeypatch.setattr(engine, "USE_NATIVE", True)
     compiled = CompiledPolicies(compile_controls(Controls(tools=[REFUND])), TYPES)
     calls: list[str] = []
@@ -69,3 +72,44 @@ def test_hold_path__shared_policies__evaluated_once(monkeypatch: pytest.MonkeyPa
     # Then no policy was evaluated twice
     assert len(calls) == len(set(calls))
     assert "policy0" in calls  # the tool allow-list, which both questions reach
+
+
+class _RecordingMemo(dict[str, bool | str]):
+    """A memo that records every verdict stored in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: list[str] = []
+
+    def __setitem__(self, key: str, value: bool | str) -> None:
+        self.stored.append(key)
+        super().__setitem__(key, value)
+
+
+def test_hold_path__generated_code__shared_policies_evaluated_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the refund controls, decided once so that both slices run generated code
+    monkeypatch.setattr(engine, "USE_NATIVE", True)
+    compiled = CompiledPolicies(compile_controls(Controls(tools=[REFUND])), TYPES)
+    facts = refund_facts(amount=30000, params={**refund_facts().params, "amount_cents": 30000})
+    assert decide(compiled, facts).outcome == "hold"
+    for action in ("execute", "propose"):
+        native = compiled.slice_for(action, facts.tool).native
+        assert native is not None
+        assert native.generated is not None
+    memos: list[_RecordingMemo] = []
+    original = engine._Request.__init__
+
+    def recording(self: engine._Request, *args: Any) -> None:
+        original(self, *args)
+        self.memo = _RecordingMemo()
+        memos.append(self.memo)
+
+    monkeypatch.setattr(engine._Request, "__init__", recording)
+    # When a hold (both questions) is decided again
+    assert decide(compiled, facts).outcome == "hold"
+    # Then no verdict was stored twice: the second question took the first one's
+    (memo,) = memos
+    assert len(memo.stored) == len(set(memo.stored))
+    assert "policy0" in memo.stored  # the tool allow-list, which both questions reach

@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import Context, Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -120,8 +120,12 @@ class CompiledPolicies:
 
     def reasons_for(self, cedar_ids: list[str]) -> tuple[Reason, ...]:
         # In the order the policies are written (cedarpy's order varies from call to call).
+        if len(cedar_ids) == 1:  # the commonest answer: one policy decided
+            return (self.reasons.get(cedar_ids[0]) or Reason(cedar_ids[0], cedar_ids[0]),)
         ordered = sorted(cedar_ids, key=_policy_position)
-        return tuple(self.reasons.get(cedar_id, Reason(cedar_id, cedar_id)) for cedar_id in ordered)
+        return tuple(
+            self.reasons.get(cedar_id) or Reason(cedar_id, cedar_id) for cedar_id in ordered
+        )
 
     def slice_for(self, action: str, tool: str) -> PolicySlice:
         if not self._sliceable:
@@ -149,7 +153,15 @@ class CompiledPolicies:
         for policy in kept.values():
             for condition in policy.get("conditions", []):
                 whole = not _context_fields(condition["body"], fields) or whole
-        native = NativePolicies.build(kept, action=action) if USE_NATIVE else None
+        # On a named tool's slice the resource is that tool (other tools share the other one).
+        resource = Uid("Tool", tool) if tool is not None else None
+        # The code of the evaluator is generated on the second question: a draft book is often
+        # asked once, and the closures answer that one at no cost of compiling.
+        native = (
+            NativePolicies.build(kept, action=action, resource=resource, generate_after=1)
+            if USE_NATIVE
+            else None
+        )
         return PolicySlice(policy_set, None if whole else frozenset(fields), native)
 
 
@@ -244,8 +256,10 @@ def _entities(*key: Any) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _native_entities(*key: Any) -> EntityStore:
-    return EntityStore.from_json(_entity_document(*key))
+def _native_entities(*key: Any) -> tuple[Uid, Uid, EntityStore]:
+    """The principal, the resource and the entity store of the evaluator, for one entity key."""
+    agent, _, _, tool, _, _ = key
+    return Uid("Agent", agent), Uid("Tool", tool), EntityStore.from_json(_entity_document(*key))
 
 
 _WIDE = Context(prec=100)
@@ -320,17 +334,44 @@ def _as_cedar_json(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _native_context(values: Mapping[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
-    return {
-        name: (_cedar_decimal(value) if isinstance(value, Decimal) else value)
-        for name, value in values.items()
-        if fields is None or name in fields
-    }
-
-
 def _cedar_decimal(value: Decimal) -> CedarDecimal:
-    # The same rounding as `_decimal_literal` (quantize, half to even), without the text.
-    return CedarDecimal(int(value.scaleb(4).to_integral_value(rounding=ROUND_HALF_EVEN)))
+    # The same rounding as `_decimal_literal` (quantize, half to even), without the text:
+    # `round` of a Decimal rounds half to even, and costs less than `to_integral_value`.
+    return CedarDecimal(round(value.scaleb(4)))
+
+
+_NO_CONFIDENCE = CedarDecimal(0)
+
+
+def native_context_values(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[str, Any]:
+    """`context_values` as the in-process evaluator reads it (the confidence a `CedarDecimal`),
+    built in one step: building the other and converting it cost as much as a question."""
+    params: dict[str, Any] = {}
+    given = facts.params
+    for name, cedar_type in param_types.items():
+        if name in given:
+            value = given[name]
+            if (
+                (cedar_type == "String" and isinstance(value, str))
+                or (cedar_type == "Long" and type(value) is int and abs(value) <= CEDAR_LONG_MAX)
+                or (cedar_type == "Bool" and isinstance(value, bool))
+            ):
+                params[name] = value
+    confidence, amount, at = facts.confidence, facts.amount, facts.at
+    return {
+        "workflow": facts.workflow,
+        "amount": 0 if amount is None else max(min(amount, CEDAR_LONG_MAX), -CEDAR_LONG_MAX),
+        "has_amount": amount is not None,
+        "currency": facts.currency.upper(),
+        "confidence": _NO_CONFIDENCE if confidence is None else _cedar_decimal(confidence),
+        "has_confidence": confidence is not None,
+        "risk_zone": facts.tool_zone,
+        "segment": facts.segment,
+        "subject": facts.subject,
+        "hour": at.hour,
+        "weekday": at.isoweekday(),
+        "params": params,
+    }
 
 
 def _ask(policies: PolicySlice, facts: ActionFacts, action: str, context: str) -> dict[str, Any]:
@@ -368,23 +409,30 @@ def context_json(context: Mapping[str, Any], fields: frozenset[str] | None) -> s
 class _Request:
     """What both questions of one decision share: the context, in Cedar's JSON form for
     cedarpy or as evaluator values (built once, whole: unread fields cost the evaluator nothing),
-    the entities, and the verdicts of policies both questions reach (see native.authorize)."""
+    the entities, and the verdicts of policies both questions reach (see native.authorize).
+    Each form is built when a question first needs it."""
+
+    __slots__ = ("_context", "_native", "compiled", "facts", "memo")
 
     def __init__(self, compiled: CompiledPolicies, facts: ActionFacts) -> None:
+        self.compiled = compiled
         self.facts = facts
-        self.context = context_values(facts, compiled.param_types)
         self.memo: dict[str, bool | str] = {}
+        self._context: dict[str, Any] | None = None
         self._native: tuple[Uid, Uid, dict[str, Any], EntityStore] | None = None
+
+    @property
+    def context(self) -> dict[str, Any]:
+        if self._context is None:
+            self._context = context_values(self.facts, self.compiled.param_types)
+        return self._context
 
     def native(self) -> tuple[Uid, Uid, dict[str, Any], EntityStore]:
         if self._native is None:
             facts = self.facts
-            self._native = (
-                Uid("Agent", facts.agent),
-                Uid("Tool", facts.tool),
-                _native_context(self.context, None),
-                _native_entities(*_entity_key(facts)),
-            )
+            principal, resource, store = _native_entities(*_entity_key(facts))
+            context = native_context_values(facts, self.compiled.param_types)
+            self._native = (principal, resource, context, store)
         return self._native
 
 
@@ -406,6 +454,11 @@ def _ask_slice(compiled: CompiledPolicies, request: _Request, action: str) -> di
     return _ask(policies, request.facts, action, context_json(request.context, policies.fields))
 
 
+def _errors(answer: Mapping[str, Any]) -> tuple[str, ...]:
+    found = answer["diagnostics"].get("errors")
+    return tuple(str(error) for error in found) if found else ()
+
+
 def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
     if facts.confidence is not None and not is_cedar_decimal(facts.confidence):
         # Checked here, not left to Cedar: a slice that does not read the confidence would not
@@ -415,7 +468,7 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
         )
     request = _Request(compiled, facts)
     execute = _ask_slice(compiled, request, "execute")
-    errors = tuple(str(error) for error in execute["diagnostics"].get("errors", []))
+    errors = _errors(execute)
     if execute["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)
     if execute["decision"] == "Allow":
@@ -426,7 +479,7 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
         Reason(NO_EXECUTE_PERMIT_ID, "No policy permits running this action without review"),
     )
     propose = _ask_slice(compiled, request, "propose")
-    errors += tuple(str(error) for error in propose["diagnostics"].get("errors", []))
+    errors += _errors(propose)
     if propose["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)
     if errors:

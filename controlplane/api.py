@@ -7,6 +7,7 @@ from ninja import NinjaAPI
 from apps.accounts.api import router as accounts_router
 from apps.actions.api import router as actions_router
 from apps.core.api_errors import install_error_handlers
+from apps.killswitches.api import router as killswitches_router
 
 api = NinjaAPI(
     title="Escapement API",
@@ -21,3 +22,4 @@ install_error_handlers(api)
 
 api.add_router("/", accounts_router)
 api.add_router("/", actions_router)
+api.add_router("/", killswitches_router)

@@ -51,6 +51,16 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name}: expected a number, got {raw!r}") from None
 
 
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}: expected a whole number, got {raw!r}") from None
+
+
 def database_config(env: Mapping[str, str], var_dir: Path) -> dict[str, Any]:
     """`DATABASE_URL` when set, else the embedded SQLite file under `var/`."""
     url = env.get("DATABASE_URL", "").strip()

@@ -11,11 +11,14 @@ from pathlib import Path
 
 from django.utils.csp import CSP
 
+from apps.runtime.config import demo_interval, model_settings
 from controlplane.environment import (
+    ConfigurationError,
     broker_config,
     database_config,
     env_bool,
     env_float,
+    env_int,
     env_list,
     secret_key,
 )
@@ -48,6 +51,7 @@ INSTALLED_APPS = [
     "apps.killswitches",
     "apps.actions",
     "apps.sandbox",
+    "apps.runtime",
 ]
 
 MIDDLEWARE = [
@@ -165,9 +169,61 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "heartbeat": {"task": "core.heartbeat", "schedule": 60.0},
+    "review-sla": {"task": "reviews.sweep", "schedule": 30.0},
 }
+# A review item past its SLA deadline is escalated; this many minutes later, still undecided,
+# it expires (its action never runs).
+REVIEW_EXPIRE_AFTER_MINUTES = env_int(ENV, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)
 # How long /healthz waits for a worker to answer its ping.
 HEALTHZ_WORKER_TIMEOUT = env_float(ENV, "HEALTHZ_WORKER_TIMEOUT", 1.0)
+
+# --- Agent runtime --------------------------------------------------------------------------
+# Hosted agents (their steps and deterministic models) live in these modules.
+RUNTIME_AGENT_MODULES = ["apps.runtime.demo"]
+# Which provider serves the small and frontier model tiers: MODEL_PROVIDER, MODEL_BASE_URL,
+# MODEL_API_KEY, MODEL_SMALL, MODEL_FRONTIER, ... (see docs/runtime.md).
+RUNTIME_MODELS = model_settings(ENV)
+# The share of a monthly budget that raises the soft-limit alert (workflow budgets; an agent's
+# budget carries its own).
+RUNTIME_SOFT_LIMIT_PERCENT = 80
+# The living demo: demo agents pick up demo work every DEMO_TRAFFIC_INTERVAL seconds while
+# DEMO_TRAFFIC is true (`make run` sets it); `manage.py demo_traffic off` pauses them.
+DEMO_TRAFFIC = env_bool(ENV, "DEMO_TRAFFIC", default=False)
+DEMO_TRAFFIC_INTERVAL = demo_interval(ENV)
+if DEMO_TRAFFIC:
+    CELERY_BEAT_SCHEDULE["runtime-demo"] = {
+        "task": "runtime.demo_tick",
+        "schedule": DEMO_TRAFFIC_INTERVAL,
+    }
+
+
+# --- Behavioural firewall -------------------------------------------------------------------
+# An agent is quarantined (its own kill switch, the evidence as the reason) when it calls tools
+# outside its scope, proposes far above its usual rate, or keeps tripping forbid policies. The
+# counters live in Redis (REDIS_URL) so that every web process adds to the same ones; on the
+# embedded default they are kept in the process. See apps/killswitches/firewall.py.
+def _firewall_number(name: str, default: float, *, whole: bool = True) -> float:
+    value = env_float(ENV, name, default)
+    if value <= 0 or (whole and value != int(value)):
+        kind = "a positive whole number" if whole else "a positive number"
+        raise ConfigurationError(f"{name}: expected {kind}, got {ENV.get(name)!r}")
+    return value
+
+
+FIREWALL_ENABLED = env_bool(ENV, "FIREWALL_ENABLED", default=True)
+# Proposals outside the agent's scope (a tool or workflow it was not given) within the window.
+FIREWALL_SCOPE_VIOLATIONS = int(_firewall_number("FIREWALL_SCOPE_VIOLATIONS", 3))
+FIREWALL_SCOPE_WINDOW_SECONDS = int(_firewall_number("FIREWALL_SCOPE_WINDOW_SECONDS", 600))
+# Proposals within the window above max(floor, multiple x the agent's trailing average for a
+# window of that length, over the trailing period).
+FIREWALL_RATE_WINDOW_SECONDS = int(_firewall_number("FIREWALL_RATE_WINDOW_SECONDS", 60))
+FIREWALL_RATE_MULTIPLE = _firewall_number("FIREWALL_RATE_MULTIPLE", 10.0, whole=False)
+FIREWALL_RATE_FLOOR = int(_firewall_number("FIREWALL_RATE_FLOOR", 300))
+FIREWALL_RATE_TRAILING_SECONDS = int(_firewall_number("FIREWALL_RATE_TRAILING_SECONDS", 3600))
+# Proposals denied by a forbid policy within the window.
+FIREWALL_DENIALS = int(_firewall_number("FIREWALL_DENIALS", 5))
+FIREWALL_DENIAL_WINDOW_SECONDS = int(_firewall_number("FIREWALL_DENIAL_WINDOW_SECONDS", 300))
+FIREWALL_REDIS_URL = "" if BROKER_EMBEDDED else ENV.get("REDIS_URL", "").strip()
 
 # --- Logging --------------------------------------------------------------------------------
 # JSON lines in production (one object per line, for log shippers); readable text in development.
@@ -176,7 +232,11 @@ LOG_LEVEL = ENV.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "apps.core.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "apps.core.logging.RequestIdFilter"},
+        # Personal data (emails, phone, card and account numbers) never reaches a log line.
+        "mask_pii": {"()": "apps.runtime.pii.PiiMaskingFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -188,7 +248,7 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "filters": ["request_id"],
+            "filters": ["request_id", "mask_pii"],
             "formatter": "json" if LOG_FORMAT == "json" else "text",
         }
     },

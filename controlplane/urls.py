@@ -17,6 +17,7 @@ urlpatterns = [
     path("ledger/", include("apps.ledger.urls")),
     path("oncall/", include("apps.killswitches.urls")),
     path("sandbox/", include("apps.sandbox.urls")),
+    path("runtime/", include("apps.runtime.urls")),
     path("", include("apps.core.urls")),
 ]
 

@@ -27,7 +27,9 @@ NAVIGATION: tuple[NavEntry, ...] = (
     NavEntry("Decision Books", "books:index", Role.RISK),
     NavEntry("Audit trail", "audit:index", Role.RISK),
     NavEntry("Balance sheet", "ledger:balance_sheet", Role.FINANCE),
+    NavEntry("Model budgets", "runtime:budgets", Role.FINANCE),
     NavEntry("On-call", "killswitches:console", Role.ONCALL),
+    NavEntry("Agent runs", "runtime:runs", Role.ONCALL),
     NavEntry("Admin", "admin:index", Role.ADMIN),
 )
 

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from apps.actions.breaker import (
@@ -25,6 +26,7 @@ from apps.actions.breaker import (
 from apps.actions.connectors import ConnectorFailure, call_tool, call_undo
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition
+from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
 
 logger = logging.getLogger(__name__)
@@ -60,17 +62,24 @@ def backoff(attempt: int) -> float:
 
 
 def _escalate_failure(action: Action, error: str) -> Outcome:
+    """failed, and a fallback review item for the book's escalation owner, in one transaction."""
+    from apps.reviews.services import review_open
+
     owner = action.book_version.escalation_owner_id if action.book_version else None
     try:
-        transition(
-            action,
-            Status.FAILED,
-            actor="system:worker",
-            data={"error": error, "escalated_to": owner},
-            error=error,
-            escalated_to_id=owner,
-            finished_at=timezone.now(),
-        )
+        with transaction.atomic():
+            transition(
+                action,
+                Status.FAILED,
+                actor="system:worker",
+                data={"error": error, "escalated_to": owner},
+                error=error,
+                escalated_to_id=owner,
+                finished_at=timezone.now(),
+            )
+            review_open(
+                action, "fallback", error=error, escalate_to_id=owner, actor="system:worker"
+            )
     except IllegalTransition as exc:
         # A duplicate delivery of the same action finished it first.
         return Outcome(exc.current, note="finished by another delivery")
@@ -85,14 +94,22 @@ def action_execute(*, action_id: UUID) -> Outcome:
     if action.status in FINISHED:
         return Outcome(action.status, note="already finished")
     if action.status == Status.QUEUED:
+        # The claim and the kill-switch check are one statement, behind the fence that orders
+        # claims and engages (apps/killswitches/fence.py explains why both are needed): a
+        # switch committed before the claim is always seen, and an action claimed before a
+        # switch's engage time always has an earlier start time. `started_at` is the
+        # database's clock, the same one that stamps `engaged_at`.
         try:
-            transition(
-                action,
-                Status.RUNNING,
-                actor="system:worker",
-                also=~_switch_engaged(),
-                started_at=timezone.now(),
-            )
+            with transaction.atomic():
+                fence_for_claim()
+                transition(
+                    action,
+                    Status.RUNNING,
+                    actor="system:worker",
+                    also=~_switch_engaged(),
+                    started_at=Now(),
+                )
+            action.refresh_from_db(fields=["started_at"])
         except IllegalTransition as exc:
             if exc.current == Status.QUEUED:
                 logger.info("action %s not started: a kill switch covers it", action.pk)
@@ -132,14 +149,19 @@ def action_execute(*, action_id: UUID) -> Outcome:
         return _escalate_failure(action, f"{failure.message} (after {action.attempts} attempt(s))")
     circuit_success(tool)
     try:
-        transition(
-            action,
-            Status.SUCCEEDED,
-            actor="system:worker",
-            data={"result": result},
-            result=result,
-            finished_at=timezone.now(),
-        )
+        with transaction.atomic():
+            transition(
+                action,
+                Status.SUCCEEDED,
+                actor="system:worker",
+                data={"result": result},
+                result=result,
+                finished_at=timezone.now(),
+            )
+            if action.spot_check:
+                from apps.reviews.services import review_open
+
+                review_open(action, "spot_check", actor="system:worker")
     except IllegalTransition as exc:
         # A duplicate delivery of the same action finished it first (same downstream key, so
         # the same single effect).

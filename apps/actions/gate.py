@@ -26,6 +26,7 @@ from apps.actions.states import IllegalTransition, can_transition, transition
 from apps.audit.services import audit_batch, audit_record
 from apps.books.compilation import action_facts, book_decide
 from apps.books.models import BookVersion
+from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch, covering
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
 from apps.registry.services import key_workflow_slugs
@@ -72,7 +73,8 @@ def _validator(tool_id: int, updated_at: str, schema_json: str) -> Draft202012Va
     return Draft202012Validator(json.loads(schema_json))
 
 
-def _schema_errors(tool: Tool, params: dict[str, Any]) -> list[tuple[str, str]]:
+def params_errors(tool: Tool, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each way `params` breaks the tool's input schema."""
     import json
 
     validator = _validator(
@@ -150,6 +152,9 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
     served = tuple(sorted(agent.workflows.values_list("slug", flat=True)))
     allowed = key_workflow_slugs(key, served=served)
     if proposal.workflow not in allowed:
+        firewall_scope_violation(
+            agent, field="workflow", value=proposal.workflow, message="not among its workflows"
+        )
         raise GateRefusal(
             403,
             f"This key may not act in workflow {proposal.workflow!r}.",
@@ -158,26 +163,37 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
         )
     tool = agent.tools.filter(slug=proposal.tool).first()
     if tool is None:
+        firewall_scope_violation(
+            agent, field="tool", value=proposal.tool, message="not among the agent's tools"
+        )
         raise GateRefusal(
             403,
             f"Agent {agent.slug} may not use tool {proposal.tool!r}.",
             "tool",
             "not among the agent's tools",
         )
-    problems = _schema_errors(tool, proposal.params)
+    problems = params_errors(tool, proposal.params)
     if problems:
         path, message = problems[0]
         raise GateRefusal(422, f"Invalid params: {path}: {message}", path, message)
 
+    firewall_proposal(agent)
     try:
         with transaction.atomic(), audit_batch():
             action = _record(key, agent, served, proposal.workflow, tool, proposal)
+            if proposal.usage:
+                # The model usage behind the proposal counts against the same budgets as a
+                # hosted agent's calls, in the same transaction as the action it produced.
+                from apps.runtime.budgets import usage_record
+
+                usage_record(action=action, usage=proposal.usage)
     except IntegrityError:
         # A concurrent duplicate committed first: answer with its action.
         earlier = _existing(agent, proposal)
         if earlier is None:
             raise
         return GateResult(earlier, created=False)
+    firewall_decided(agent, action)
     return GateResult(action, created=True)
 
 
@@ -270,12 +286,22 @@ def _record(
                 }
             ]
             action.escalated_to_id = version.escalation_owner_id
-            return _enter(action, agent, Status.PENDING_REVIEW)
+            _enter(action, agent, Status.PENDING_REVIEW)
+            return _review(action, "fallback", error=action.reasons[0]["message"])
         action.queued_at = action.created_at = timezone.now()
         _enter(action, agent, Status.APPROVED, Status.QUEUED)
         _dispatch_on_commit(action)
         return action
-    return _enter(action, agent, Status.PENDING_REVIEW)
+    _enter(action, agent, Status.PENDING_REVIEW)
+    return _review(action, "hold")
+
+
+def _review(action: Action, kind: str, *, error: str = "") -> Action:
+    """Open the review item of a held action, in the gate's transaction."""
+    from apps.reviews.services import review_open
+
+    review_open(action, kind, error=error, escalate_to_id=action.escalated_to_id)
+    return action
 
 
 def _enter(action: Action, agent: Agent, *path: str) -> Action:
@@ -333,3 +359,57 @@ def action_enqueue(action: Action, *, actor: str | Any) -> Action:
     transition(action, Status.QUEUED, actor=actor, queued_at=timezone.now())
     _dispatch_on_commit(action)
     return action
+
+
+def action_retry(
+    original: Action, *, params: dict[str, Any], actor: Any, note: dict[str, Any]
+) -> Action:
+    """Run a failed or drained action again, as a new action a person approved.
+
+    The new action has its own id and so its own downstream idempotency key: the person has
+    judged that the first one had no effect (or should be repeated)."""
+    now = timezone.now()
+    retry = Action(
+        agent=original.agent,
+        key=None,
+        workflow=original.workflow,
+        tool=original.tool,
+        book_version=original.book_version,
+        status=Status.QUEUED,
+        decision=Decision.ALLOW,
+        reasons=[
+            {
+                "policy": "human-retry",
+                "message": f"Run again by a person after action {original.pk} "
+                f"ended {original.status}",
+            }
+        ],
+        params=params,
+        subject=original.subject,
+        confidence=original.confidence,
+        reasoning=original.reasoning,
+        evidence=original.evidence,
+        trace_id=original.trace_id,
+        created_at=now,
+        queued_at=now,
+    )
+    retry.save(force_insert=True)
+    audit_record(
+        actor=actor,
+        verb="action.proposed",
+        target=retry,
+        subject=retry.subject,
+        data={"retry_of": str(original.pk), "params": params, **note},
+    )
+    previous: str = Status.PROPOSED
+    for step in (Status.APPROVED, Status.QUEUED):
+        audit_record(
+            actor=actor,
+            verb=f"action.{step}",
+            target=retry,
+            subject=retry.subject,
+            data={"from": previous, "to": step},
+        )
+        previous = step
+    _dispatch_on_commit(retry)
+    return retry

@@ -127,3 +127,22 @@ class ToolCircuit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool_id}: {self.state}"
+
+
+class CallbackDelivery(models.Model):
+    """One outcome reported to an agent's callback URL, with every attempt's result."""
+
+    action = models.ForeignKey(Action, on_delete=models.CASCADE, related_name="callbacks")
+    status = models.CharField(max_length=16, help_text="the action status being reported")
+    url = models.URLField(max_length=500)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"callback {self.status} of {self.action_id}"

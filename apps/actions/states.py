@@ -11,6 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.utils import timezone
 
+from apps.actions.callbacks import callback_schedule
 from apps.actions.models import Action, Status
 from apps.audit.services import audit_record
 
@@ -110,4 +111,5 @@ def _transition(
         subject=action.subject,
         data={"from": previous, "to": to, **(data or {})},
     )
+    callback_schedule(action, to)
     return action

@@ -16,3 +16,16 @@ def execute_action(self: Task[[str], None], action_id: str) -> None:
     outcome = action_execute(action_id=UUID(action_id))
     if outcome.retry_after is not None:
         raise self.retry(countdown=outcome.retry_after)
+
+
+@shared_task(bind=True, max_retries=None, name="actions.deliver_callback")
+def deliver_callback(self: Task[[int], None], delivery_id: int) -> None:
+    """Send one outcome to the agent; retried with backoff up to MAX_ATTEMPTS attempts."""
+    from apps.actions.callbacks import MAX_ATTEMPTS, CallbackFailed, callback_deliver
+
+    try:
+        callback_deliver(delivery_id)
+    except CallbackFailed:
+        if self.request.retries + 1 >= MAX_ATTEMPTS:
+            return
+        raise self.retry(countdown=min(2.0**self.request.retries, 300.0)) from None

@@ -15,6 +15,10 @@ from apps.audit.services import audit_record
 def _fields(obj: models.Model) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field in obj._meta.concrete_fields:
+        if "secret" in field.name:
+            # The trail is read by many; a secret stays out of it (that it changed still shows).
+            values[field.name] = "[redacted]"
+            continue
         value = getattr(obj, field.attname)
         values[field.name] = (
             value if isinstance(value, (str, int, float, bool, type(None))) else str(value)

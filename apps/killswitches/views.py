@@ -1,23 +1,284 @@
+"""The on-call console (oncall role): every switch with its proof, quarantined agents, circuit
+breakers, the incident history; engage and release, drain, roll back. Each change goes through
+a confirmation step that says what it will touch; nothing happens on the first POST."""
+
 from __future__ import annotations
 
-from django.http import HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
+from apps.actions.models import Action, Status
 from apps.core.http import HtmxHttpRequest
-from apps.killswitches.selectors import circuits, engaged_switches, recent_switches
+from apps.killswitches.drain import drain_preview, drain_run
+from apps.killswitches.forms import DrainForm, EngageForm, ReleaseForm, RollbackForm
+from apps.killswitches.models import DrainRun, KillSwitch, RollbackRun, in_scope
+from apps.killswitches.proof import switch_proof
+from apps.killswitches.rollback import rollback_candidates, rollback_request
+from apps.killswitches.selectors import (
+    circuits,
+    engaged_with_proof,
+    incident_history,
+    quarantined_agents,
+    recent_switches,
+)
+from apps.killswitches.switches import SwitchError, switch_engage, switch_release
+from apps.registry.models import Agent, Tool, Workflow
+
+oncall_only = role_required(Role.ONCALL)
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)  # role_required has let only signed-in users through
+    return request.user
+
+
+def _confirmed(request: HttpRequest) -> bool:
+    return request.POST.get("confirm") == "yes"
+
+
+def _state() -> dict[str, Any]:
+    return {
+        "proofs": engaged_with_proof(),
+        "quarantined": quarantined_agents(),
+        "circuits": list(circuits()),
+        "released": recent_switches(10),
+        "rollbacks": list(RollbackRun.objects.order_by("-created_at")[:5]),
+        "history": incident_history(),
+    }
+
+
+def _console(
+    request: HttpRequest,
+    *,
+    engage: EngageForm | None = None,
+    drain: DrainForm | None = None,
+    rollback: RollbackForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        **_state(),
+        "engage_form": engage or EngageForm(prefix="engage"),
+        "drain_form": drain or DrainForm(prefix="drain"),
+        "rollback_form": rollback or RollbackForm(prefix="rollback"),
+        "targets": _targets(),
+    }
+    return render(request, "killswitches/console.html", context, status=status)
+
+
+def _targets() -> dict[str, list[str]]:
+    return {
+        "agent": list(Agent.objects.order_by("slug").values_list("slug", flat=True)),
+        "workflow": list(Workflow.objects.order_by("slug").values_list("slug", flat=True)),
+        "tool": list(Tool.objects.order_by("slug").values_list("slug", flat=True)),
+    }
+
+
+def _in_scope_counts(scope: str, target: str) -> dict[str, int]:
+    actions = Action.objects.filter(in_scope(scope, target))
+    return {
+        "queued": actions.filter(status=Status.QUEUED).count(),
+        "held": actions.filter(status=Status.PENDING_REVIEW).count(),
+        "running": actions.filter(status=Status.RUNNING).count(),
+    }
 
 
 @require_GET
-@role_required(Role.ONCALL)
+@oncall_only
 def console(request: HtmxHttpRequest) -> HttpResponse:
-    context = {
-        "engaged": list(engaged_switches()),
-        "released": recent_switches(),
-        "circuits": list(circuits()),
-    }
     if request.htmx:
-        return render(request, "killswitches/console.html#console-state", context)
-    return render(request, "killswitches/console.html", context)
+        return render(request, "killswitches/console.html#console-state", _state())
+    return _console(request)
+
+
+@require_POST
+@oncall_only
+def engage(request: HttpRequest) -> HttpResponse:
+    form = EngageForm(request.POST, prefix="engage")
+    if not form.is_valid():
+        return _console(request, engage=form, status=422)
+    data = form.cleaned_data
+    if not _confirmed(request):
+        return render(
+            request,
+            "killswitches/confirm.html",
+            {
+                "step": "engage",
+                "form": form,
+                "scope": data["scope"],
+                "target": data["target"],
+                "reason": data["reason"],
+                "counts": _in_scope_counts(data["scope"], data["target"]),
+            },
+        )
+    try:
+        switch = switch_engage(
+            scope=data["scope"],
+            target=data["target"],
+            reason=data["reason"],
+            actor=_user(request),
+            via="console",
+        )
+    except SwitchError as exc:
+        form.add_error(None, exc.message)
+        return _console(request, engage=form, status=409)
+    messages.success(request, f"Kill switch engaged on {switch.where}.")
+    return redirect("killswitches:switch", switch_id=switch.pk)
+
+
+@require_GET
+@oncall_only
+def switch_detail(request: HtmxHttpRequest, switch_id: int) -> HttpResponse:
+    switch = get_object_or_404(KillSwitch, pk=switch_id)
+    context = {"proof": switch_proof(switch), "switch": switch, "release_form": None}
+    if request.htmx:
+        return render(request, "killswitches/switch.html#proof", context)
+    if switch.engaged:
+        context["release_form"] = ReleaseForm(prefix="release")
+    return render(request, "killswitches/switch.html", context)
+
+
+@require_POST
+@oncall_only
+def release(request: HttpRequest, switch_id: int) -> HttpResponse:
+    switch = get_object_or_404(KillSwitch, pk=switch_id)
+    form = ReleaseForm(request.POST, prefix="release")
+    if not form.is_valid():
+        context = {"proof": switch_proof(switch), "switch": switch, "release_form": form}
+        return render(request, "killswitches/switch.html", context, status=422)
+    if not _confirmed(request):
+        return render(
+            request,
+            "killswitches/confirm.html",
+            {
+                "step": "release",
+                "form": form,
+                "switch": switch,
+                "reason": form.cleaned_data["reason"],
+                "counts": _in_scope_counts(switch.scope, switch.target),
+            },
+        )
+    try:
+        released = switch_release(
+            switch_id=switch.pk,
+            reason=form.cleaned_data["reason"],
+            actor=_user(request),
+            via="console",
+        )
+    except SwitchError as exc:
+        messages.error(request, exc.message)
+        return redirect("killswitches:switch", switch_id=switch.pk)
+    note = (
+        f" {released.resumed} queued action(s) sent back to the workers."
+        if released.resumed
+        else ""
+    )
+    if released.agent_reactivated:
+        note += f" Agent {switch.target} is active again."
+    messages.success(request, f"Kill switch on {switch.where} released.{note}")
+    return redirect("killswitches:console")
+
+
+@require_POST
+@oncall_only
+def drain(request: HttpRequest) -> HttpResponse:
+    form = DrainForm(request.POST, prefix="drain")
+    if not form.is_valid():
+        return _console(request, drain=form, status=422)
+    data = form.cleaned_data
+    if not _confirmed(request):
+        return render(
+            request,
+            "killswitches/confirm.html",
+            {
+                "step": "drain",
+                "form": form,
+                "scope": data["scope"],
+                "target": data["target"],
+                "mode": data["mode"],
+                "reason": data["reason"],
+                "plan": drain_preview(scope=data["scope"], target=data["target"]),
+            },
+        )
+    try:
+        run = drain_run(
+            scope=data["scope"],
+            target=data["target"],
+            mode=data["mode"],
+            reason=data["reason"],
+            actor=_user(request),
+        )
+    except SwitchError as exc:
+        form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        return _console(request, drain=form, status=422)
+    return redirect("killswitches:drain_detail", run_id=run.pk)
+
+
+@require_GET
+@oncall_only
+def drain_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(DrainRun, pk=run_id)
+    counts: dict[str, int] = {}
+    for entry in run.report:
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+    return render(request, "killswitches/drain.html", {"run": run, "counts": counts})
+
+
+@require_POST
+@oncall_only
+def rollback(request: HttpRequest) -> HttpResponse:
+    form = RollbackForm(request.POST, prefix="rollback")
+    if not form.is_valid():
+        return _console(request, rollback=form, status=422)
+    data = form.cleaned_data
+    if not _confirmed(request):
+        chosen = rollback_candidates(
+            scope=data["scope"], target=data["target"], count=data["count"]
+        )
+        if not chosen:
+            form.add_error("target", f"{data['target']} has no succeeded action to roll back")
+            return _console(request, rollback=form, status=422)
+        return render(
+            request,
+            "killswitches/confirm.html",
+            {
+                "step": "rollback",
+                "form": form,
+                "scope": data["scope"],
+                "target": data["target"],
+                "count": data["count"],
+                "reason": data["reason"],
+                "chosen": chosen,
+            },
+        )
+    try:
+        run = rollback_request(
+            scope=data["scope"],
+            target=data["target"],
+            count=data["count"],
+            reason=data["reason"],
+            actor=_user(request),
+        )
+    except SwitchError as exc:
+        form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        return _console(request, rollback=form, status=422)
+    return redirect("killswitches:rollback_detail", run_id=run.pk)
+
+
+@require_GET
+@oncall_only
+def rollback_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(RollbackRun, pk=run_id)
+    counts: dict[str, int] = {}
+    for entry in run.report:
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+    context = {"run": run, "counts": counts}
+    if request.htmx:
+        return render(request, "killswitches/rollback.html#rollback-progress", context)
+    return render(request, "killswitches/rollback.html", context)

@@ -212,7 +212,8 @@ class AgentAdmin(AuditedAdminMixin, AgentAdminBase):
     list_filter = ("status", "risk_tier")
     search_fields = ("slug", "name", "owner__username")
     filter_horizontal = ("workflows", "tools")
-    readonly_fields = ("created_at", "updated_at")
+    # The callback secret is shown for the agent's developers to copy, never edited here.
+    readonly_fields = ("callback_secret", "created_at", "updated_at")
     inlines = (AgentKeyInline,)
 
 

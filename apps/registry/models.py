@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
 
 from django.conf import settings
@@ -18,6 +19,10 @@ class RiskZone(models.TextChoices):
     GREEN = "green", "green: runs on its own"
     YELLOW = "yellow", "yellow: runs, spot-checked after"
     RED = "red", "red: two people approve"
+
+
+def callback_secret_new() -> str:
+    return secrets.token_hex(32)
 
 
 class Workflow(models.Model):
@@ -106,6 +111,16 @@ class Agent(models.Model):
     )
     risk_tier = models.CharField(max_length=6, choices=RiskTier.choices, default=RiskTier.MEDIUM)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE)
+    callback_url = models.URLField(
+        blank=True,
+        max_length=500,
+        help_text="called with each action's outcome once a person or a worker has settled it",
+    )
+    callback_secret = models.CharField(
+        max_length=64,
+        default=callback_secret_new,
+        help_text="signs the callbacks (HMAC-SHA256); the agent checks the signature with it",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -51,7 +51,7 @@ def test_navigation__several_roles__union_of_entries(user_for: Any) -> None:
     client = Client()
     client.force_login(user)
     shown = [entry["label"] for entry in client.get("/").context["nav_entries"]]
-    assert shown == ["Decision Books", "Audit trail", "Balance sheet"]
+    assert shown == ["Decision Books", "Audit trail", "Balance sheet", "Model budgets"]
 
 
 @pytest.mark.parametrize("entry", NAVIGATION, ids=lambda entry: entry.url_name)

@@ -44,6 +44,9 @@ def test_admin__agent_quarantined__change_audited_with_fields(
     assert event.actor == "erin"
     assert event.payload["after"]["status"] == "quarantined"
     assert "Status" in str(event.payload["change"])
+    # And the agent's callback secret stays out of the trail
+    assert event.payload["after"]["callback_secret"] == "[redacted]"
+    assert agent.callback_secret not in str(event.payload)
     assert audit_verify().intact
 
 

@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
 
+# The live sandbox world of the execution tests, for pages that run actions end to end.
+from tests.execution.conftest import sandbox_url, world  # noqa: F401 (fixtures)
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

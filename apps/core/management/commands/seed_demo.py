@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand
 
 from apps.accounts.demo import demo_users_ensure
 from apps.books.demo import demo_world_ensure
+from apps.runtime.demo import demo_runtime_ensure
 from apps.sandbox.demo import sandbox_seed
 
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
             escalation_owner=User.objects.get(username="supervisor"),
         )
         created += sandbox_seed()
+        created += demo_runtime_ensure()
         if created:
             self.stdout.write(
                 f"Demo world: created {len(created)} things: "

@@ -1,0 +1,58 @@
+"""The fence between engaging a switch and claiming an action for execution.
+
+The guarantee (PRODUCT.md 3E.2): no action starts running after a switch covering it is
+engaged. A worker claims an action with one conditional UPDATE (queued -> running, WHERE no
+engaged switch covers it). On its own, under READ COMMITTED, that statement is not enough:
+
+- its snapshot is taken when the statement starts, so a switch committed a moment later, while
+  the UPDATE waits on the action's row lock (another worker's claim, a drain), is not seen when
+  PostgreSQL re-checks the row after the lock is released (it re-reads the row, not the
+  sub-select on the switches);
+- and `started_at` and `engaged_at` are stamped before the two transactions commit, so a claim
+  that never saw the switch could still carry a start time after the engage time.
+
+So every claim and every engage pass through one PostgreSQL advisory lock, held until the end
+of their transactions: claims take it shared (they never wait for each other), an engage takes
+it exclusive. Then:
+
+1. An engage waits until every claim already holding the lock has committed, and only then
+   reads the clock for `engaged_at`: every action claimed before it has `started_at` earlier.
+2. A claim that takes the lock after an engage got it waits until the engage has committed;
+   its UPDATE is a separate, later statement, so its snapshot contains the switch and the
+   claim is refused. (PostgreSQL also queues a shared request behind an exclusive one already
+   waiting, so a stream of claims cannot keep an engage waiting.)
+
+`started_at` and `engaged_at` both come from the database's clock (the statement time of the
+UPDATE and of the INSERT), so no host's clock enters the comparison.
+
+SQLite (the embedded default) has no advisory locks and needs none: every transaction there
+starts with the database's write lock (`transaction_mode` IMMEDIATE), which orders claims and
+engages the same way."""
+
+from __future__ import annotations
+
+from django.db import connection, transaction
+
+# An arbitrary 64-bit key, the same in every process: "kill switches" for the advisory lock.
+FENCE_KEY = 0x4B494C4C_53574954
+
+
+def _postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def fence_for_claim() -> None:
+    """Take the fence shared, to the end of the current transaction (call inside one)."""
+    assert transaction.get_connection().in_atomic_block, "the fence lasts a transaction"
+    if _postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [FENCE_KEY])
+
+
+def fence_for_engage() -> None:
+    """Take the fence exclusive, to the end of the current transaction: waits for the claims
+    in flight to commit, and holds new ones back until this transaction ends."""
+    assert transaction.get_connection().in_atomic_block, "the fence lasts a transaction"
+    if _postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FENCE_KEY])

@@ -1,0 +1,489 @@
+"""Opening, claiming and deciding review items, and the sweep that escalates and expires them.
+
+Every decision runs in one transaction that locks the item's row first: two people deciding the
+same item at once are served one after the other, and the second finds it decided and is told
+so (ReviewConflict), never a half-applied decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from apps.actions.gate import action_enqueue, action_retry, params_errors
+from apps.actions.models import Action, Status
+from apps.actions.states import Actor, IllegalTransition, transition
+from apps.audit.services import audit_record
+from apps.books.compilation import zone_of
+from apps.reviews.models import Kind, QueueTally, ReviewDecision, ReviewItem, State, Verdict
+
+# The short lists a person picks a reason from; "other" asks for the reason in words.
+APPROVE_REASONS: dict[str, str] = {
+    "within-policy": "Within policy; the evidence checks out",
+    "verified": "Verified with the customer or the source system",
+    "exception": "Documented business exception",
+    "other": "Other (explain)",
+}
+REJECT_REASONS: dict[str, str] = {
+    "wrong-amount": "Wrong amount",
+    "insufficient-evidence": "The evidence does not support it",
+    "duplicate": "Duplicate of another action",
+    "not-eligible": "Not eligible under the policy",
+    "suspicious": "Looks like abuse or fraud",
+    "other": "Other (explain)",
+}
+REASON_TEXT_MAX = 2000
+
+
+class ReviewError(Exception):
+    """A decision or claim that cannot be made; `field` names the input at fault, if any."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ReviewConflict(ReviewError):
+    """Someone else got there first: decided, claimed, expired or withdrawn."""
+
+
+class ReviewInvalid(ReviewError):
+    """The decision's input is wrong (a missing reason, params the tool refuses)."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{name}: {message}" for name, message in errors), errors[0][0])
+        self.errors = errors
+
+
+class ReviewForbidden(ReviewError):
+    """This person may not decide this item (they own the agent, or already approved it)."""
+
+
+def _tally(workflow_id: int, change: int) -> None:
+    """Move the open count of a queue, in the caller's transaction."""
+    if change > 0:
+        QueueTally.objects.bulk_create(
+            [QueueTally(workflow_id=workflow_id, open=0)], ignore_conflicts=True
+        )
+    QueueTally.objects.filter(workflow_id=workflow_id).update(open=F("open") + change)
+
+
+def _close(item: ReviewItem, state: str, at: datetime, *fields: str) -> None:
+    """Take an open item out of the queue (decided, expired or withdrawn)."""
+    item.state, item.closed_at = state, at
+    item.save(update_fields=["state", "closed_at", *fields])
+    _tally(item.workflow_id, -1)
+
+
+def queue_tally_rebuild() -> dict[int, int]:
+    """Recount every queue from the items themselves (after a bulk load, or to check)."""
+    with transaction.atomic():
+        counts = dict(
+            ReviewItem.objects.filter(state=State.OPEN)
+            .values("workflow_id")
+            .annotate(n=Count("pk"))
+            .order_by()
+            .values_list("workflow_id", "n")
+        )
+        QueueTally.objects.exclude(workflow_id__in=counts).delete()
+        for workflow_id, count in counts.items():
+            QueueTally.objects.update_or_create(workflow_id=workflow_id, defaults={"open": count})
+    return counts
+
+
+def _expiry_after_deadline() -> timedelta:
+    return timedelta(minutes=int(getattr(settings, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)))
+
+
+def review_open(
+    action: Action,
+    kind: str,
+    *,
+    error: str = "",
+    escalate_to_id: int | None = None,
+    actor: Actor = "system:gate",
+    at: datetime | None = None,
+) -> ReviewItem:
+    """Open the review item of `action` (inside the caller's transaction)."""
+    now = at or timezone.now()
+    version = action.book_version
+    zone = zone_of(version, action.tool.slug, action.tool.risk_zone) if version else "yellow"
+    sla = timedelta(minutes=version.sla_minutes if version else 60)
+    two = kind == Kind.HOLD and zone == "red" and (version is None or version.red_two_approvers)
+    item = ReviewItem.objects.create(
+        action=action,
+        workflow_id=action.workflow_id,
+        kind=kind,
+        zone=zone,
+        approvals_required=2 if two else 1,
+        error=error,
+        created_at=now,
+        deadline=now + sla,
+        expires_at=now + sla + _expiry_after_deadline(),
+        escalated_to_id=escalate_to_id,
+        escalated_at=now if escalate_to_id else None,
+    )
+    _tally(action.workflow_id, +1)
+    audit_record(
+        actor=actor,
+        verb="review.opened",
+        target=item,
+        subject=action.subject,
+        data={
+            "action": str(action.pk),
+            "kind": kind,
+            "zone": zone,
+            "deadline": item.deadline.isoformat(),
+            "approvals_required": item.approvals_required,
+            "escalated_to": escalate_to_id,
+        },
+    )
+    return item
+
+
+def review_withdraw(action: Action, *, actor: Actor, note: str) -> int:
+    """Close the open item of an action that no longer needs a person (drained, say)."""
+    now = timezone.now()
+    count = 0
+    for item in ReviewItem.objects.select_for_update().filter(action=action, state=State.OPEN):
+        _close(item, State.WITHDRAWN, now)
+        audit_record(
+            actor=actor,
+            verb="review.withdrawn",
+            target=item,
+            subject=action.subject,
+            data={"note": note},
+        )
+        count += 1
+    return count
+
+
+def review_hand_over(
+    action: Action, *, to_user_id: int | None, actor: Actor, note: str
+) -> ReviewItem | None:
+    """Put the open item of `action` in its escalation owner's hands (marked escalated)."""
+    item = ReviewItem.objects.select_for_update().filter(action=action, state=State.OPEN).first()
+    if item is None:
+        return None
+    _escalate(item, to_user_id=to_user_id, actor=actor, note=note, at=timezone.now())
+    return item
+
+
+def _escalate(
+    item: ReviewItem, *, to_user_id: int | None, actor: Actor, note: str, at: datetime
+) -> None:
+    item.escalated_at, item.escalated_to_id = at, to_user_id
+    item.claimed_by, item.claimed_at = None, None
+    item.save(update_fields=["escalated_at", "escalated_to", "claimed_by", "claimed_at"])
+    audit_record(
+        actor=actor,
+        verb="review.escalated",
+        target=item,
+        subject=item.action.subject,
+        data={"to": to_user_id, "note": note},
+    )
+
+
+def _locked(item_id: int) -> ReviewItem:
+    try:
+        return (
+            ReviewItem.objects.select_for_update(of=("self",))
+            .select_related("action", "action__agent", "action__tool", "action__book_version")
+            .get(pk=item_id)
+        )
+    except ReviewItem.DoesNotExist:
+        raise ReviewConflict("This review item does not exist.") from None
+
+
+def _closed_message(item: ReviewItem) -> str:
+    if item.state == State.EXPIRED:
+        return "This item expired before anyone decided it; it was never run."
+    if item.state == State.WITHDRAWN:
+        return "This item was withdrawn (its action was drained by on-call)."
+    last = item.decisions.select_related("user").order_by("-created_at").first()
+    if last is None:
+        return "This item was already decided."
+    when = timezone.localtime(last.created_at).strftime("%H:%M:%S")
+    return f"Already decided: {last.get_verdict_display()} by {last.user.get_username()} at {when}."
+
+
+def review_claim(item_id: int, user: User) -> ReviewItem:
+    with transaction.atomic():
+        item = _locked(item_id)
+        if not item.is_open:
+            raise ReviewConflict(_closed_message(item))
+        if item.claimed_by_id not in (None, user.pk):
+            raise ReviewConflict(f"Already claimed by {_name(item.claimed_by)}.")
+        if item.claimed_by_id is None:
+            item.claimed_by, item.claimed_at = user, timezone.now()
+            item.save(update_fields=["claimed_by", "claimed_at"])
+            audit_record(
+                actor=user, verb="review.claimed", target=item, subject=item.action.subject
+            )
+        return item
+
+
+def review_unclaim(item_id: int, user: User) -> ReviewItem:
+    with transaction.atomic():
+        item = _locked(item_id)
+        if item.claimed_by_id != user.pk:
+            raise ReviewConflict("You have not claimed this item.")
+        item.claimed_by, item.claimed_at = None, None
+        item.save(update_fields=["claimed_by", "claimed_at"])
+        audit_record(actor=user, verb="review.unclaimed", target=item, subject=item.action.subject)
+        return item
+
+
+def _name(user: Any) -> str:
+    return str(user.get_username()) if user is not None else "nobody"
+
+
+@dataclass(frozen=True)
+class DecisionInput:
+    verdict: str
+    reason_code: str
+    reason_text: str = ""
+    params: dict[str, Any] | None = None  # for edit_approve: the params to run instead
+
+
+@dataclass
+class DecisionResult:
+    item: ReviewItem
+    decision: ReviewDecision
+    final: bool
+    queued: Action | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def _check_input(item: ReviewItem, given: DecisionInput) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    if given.verdict not in Verdict.values:
+        return [("verdict", f"must be one of {', '.join(Verdict.values)}")]
+    reasons = REJECT_REASONS if given.verdict == Verdict.REJECT else APPROVE_REASONS
+    if not given.reason_code:
+        errors.append(("reason_code", "pick a reason"))
+    elif given.reason_code not in reasons:
+        errors.append(("reason_code", f"must be one of {', '.join(reasons)}"))
+    text = given.reason_text.strip()
+    if given.reason_code == "other" and not text:
+        errors.append(("reason_text", "say why in a few words (the reason is 'other')"))
+    if len(text) > REASON_TEXT_MAX:
+        errors.append(("reason_text", f"at most {REASON_TEXT_MAX} characters"))
+    if given.verdict == Verdict.EDIT_APPROVE:
+        if not isinstance(given.params, dict):
+            errors.append(("params", "must be a JSON object"))
+        elif item.action.status == Status.SUCCEEDED:
+            errors.append(("params", "an action that already ran cannot be edited"))
+        else:
+            errors.extend(params_errors(item.action.tool, given.params))
+    return errors
+
+
+def params_diff(before: Any, after: Any, path: str = "params") -> list[dict[str, Any]]:
+    """[{field, before, after}] for every changed leaf, with dotted field names."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes: list[dict[str, Any]] = []
+        for name in sorted(set(before) | set(after), key=str):
+            missing = object()
+            old, new = before.get(name, missing), after.get(name, missing)
+            if old is missing:
+                changes.append({"field": f"{path}.{name}", "before": None, "after": new})
+            elif new is missing:
+                changes.append({"field": f"{path}.{name}", "before": old, "after": None})
+            else:
+                changes.extend(params_diff(old, new, f"{path}.{name}"))
+        return changes
+    if before == after and type(before) is type(after):
+        return []
+    return [{"field": path, "before": before, "after": after}]
+
+
+def feedback_context(item: ReviewItem) -> dict[str, Any]:
+    """What the person saw when deciding: the action as proposed and why it reached them."""
+    action = item.action
+    return {
+        "action": str(action.pk),
+        "workflow": item.workflow.slug if hasattr(item, "workflow") else None,
+        "agent": action.agent.slug,
+        "tool": action.tool.slug,
+        "subject": action.subject,
+        "params": action.params,
+        "confidence": str(action.confidence) if action.confidence is not None else None,
+        "reasoning": action.reasoning,
+        "evidence": action.evidence,
+        "decision": action.decision,
+        "reasons": action.reasons,
+        "book_version": action.book_version.number if action.book_version else None,
+        "kind": item.kind,
+        "zone": item.zone,
+        "status": action.status,
+        "error": item.error or action.error,
+    }
+
+
+def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionResult:
+    """Record one person's decision and apply it once it is final.
+
+    Held action: approve (after the second approval, for red-zone items needing two) queues it
+    at once; reject ends it. Fallback of an action that could not run: approve runs it again
+    as a new action. Spot check of an executed action: approve confirms it, reject records the
+    rework."""
+    with transaction.atomic():
+        item = _locked(item_id)
+        action = item.action
+        if not item.is_open:
+            raise ReviewConflict(_closed_message(item))
+        if item.claimed_by_id not in (None, user.pk):
+            raise ReviewConflict(f"Claimed by {_name(item.claimed_by)}: unclaimed items only.")
+        if action.agent.owner_id == user.pk:
+            raise ReviewForbidden(
+                f"You own {action.agent.slug}, the agent that proposed this: another person "
+                "must decide it."
+            )
+        if item.decisions.filter(user=user).exists():
+            raise ReviewForbidden(
+                "You already approved this item: a second, different person must approve it."
+            )
+        errors = _check_input(item, given)
+        if errors:
+            raise ReviewInvalid(errors)
+
+        now = timezone.now()
+        context = feedback_context(item)
+        approving = given.verdict in (Verdict.APPROVE, Verdict.EDIT_APPROVE)
+        params = given.params if given.verdict == Verdict.EDIT_APPROVE else None
+        diff = params_diff(action.params, params) if params is not None else []
+        approvals = (
+            1 + item.decisions.filter(verdict__in=(Verdict.APPROVE, Verdict.EDIT_APPROVE)).count()
+        )
+        final = not approving or approvals >= item.approvals_required
+        decision = ReviewDecision.objects.create(
+            item=item,
+            user=user,
+            verdict=given.verdict,
+            reason_code=given.reason_code,
+            reason_text=given.reason_text.strip(),
+            context=context,
+            params_after=params,
+            diff=diff,
+            final=final,
+            created_at=now,
+        )
+        if params is not None and action.status == Status.PENDING_REVIEW:
+            Action.objects.filter(pk=action.pk).update(params=params, updated_at=now)
+            action.params = params
+        audit_record(
+            actor=user,
+            verb=f"review.{given.verdict}",
+            target=item,
+            subject=action.subject,
+            data={
+                "action": str(action.pk),
+                "reason": given.reason_code,
+                "reason_text": given.reason_text.strip(),
+                "diff": diff,
+                "final": final,
+                "approvals": approvals if approving else None,
+            },
+        )
+        result = DecisionResult(item=item, decision=decision, final=final)
+        if not final:
+            # The first of two approvals: recorded; the item waits, unclaimed, for a second person.
+            item.claimed_by, item.claimed_at = None, None
+            item.save(update_fields=["claimed_by", "claimed_at"])
+            result.messages.append(
+                f"Approval 1 of {item.approvals_required} recorded: a second person must approve."
+            )
+            return result
+
+        if item.claimed_at is None:
+            # Decided without an explicit claim: the review time starts when the item was opened.
+            item.claimed_by, item.claimed_at = user, item.created_at
+        item.outcome = given.verdict
+        result.queued = _apply(item, action, user, given, params, now)
+        _close(item, State.DECIDED, now, "outcome", "claimed_by", "claimed_at", "retry")
+        return result
+
+
+def _apply(
+    item: ReviewItem,
+    action: Action,
+    user: User,
+    given: DecisionInput,
+    params: dict[str, Any] | None,
+    now: datetime,
+) -> Action | None:
+    data = {"review": item.pk, "reason": given.reason_code}
+    approving = given.verdict != Verdict.REJECT
+    if action.status == Status.PENDING_REVIEW:
+        if not approving:
+            transition(action, Status.REJECTED, actor=user, data=data, finished_at=now)
+            return None
+        transition(action, Status.APPROVED, actor=user, data=data)
+        return action_enqueue(action, actor=user)
+    if action.status in (Status.FAILED, Status.CANCELLED) and approving:
+        retry = action_retry(action, params=params or action.params, actor=user, note=data)
+        item.retry = retry
+        return retry
+    # A spot check (or a rejected fallback): the decision is the record; nothing runs.
+    return None
+
+
+@dataclass
+class SweepReport:
+    escalated: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)
+
+
+def reviews_sweep(now: datetime | None = None) -> SweepReport:
+    """Escalate overdue items to their escalation owner; expire those past their expiry.
+
+    An expired held action becomes `expired` and never runs. Each item is handled in its own
+    transaction, locked and re-checked, so a person deciding it at the same moment wins or
+    loses cleanly."""
+    now = now or timezone.now()
+    report = SweepReport()
+    overdue = ReviewItem.objects.filter(
+        state=State.OPEN, deadline__lt=now, escalated_at__isnull=True
+    ).values_list("pk", flat=True)
+    for item_id in list(overdue[:500]):
+        with transaction.atomic():
+            item = _locked(item_id)
+            if item.is_open and item.escalated_at is None:
+                version = item.action.book_version
+                owner = version.escalation_owner_id if version else None
+                _escalate(item, to_user_id=owner, actor="system:sla", note="overdue", at=now)
+                report.escalated.append(item.pk)
+    stale = ReviewItem.objects.filter(state=State.OPEN, expires_at__lt=now).values_list(
+        "pk", flat=True
+    )
+    for item_id in list(stale[:500]):
+        with transaction.atomic():
+            item = _locked(item_id)
+            if not item.is_open:
+                continue
+            action = item.action
+            if action.status == Status.PENDING_REVIEW:
+                try:
+                    transition(
+                        action,
+                        Status.EXPIRED,
+                        actor="system:sla",
+                        data={"review": item.pk, "deadline": item.deadline.isoformat()},
+                        finished_at=now,
+                    )
+                except IllegalTransition:
+                    continue
+            _close(item, State.EXPIRED, now)
+            audit_record(
+                actor="system:sla", verb="review.expired", target=item, subject=action.subject
+            )
+            report.expired.append(item.pk)
+    return report

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from django import template
+from django.utils import timezone
+
+from apps.actions.models import Action
+from apps.reviews.selectors import due_text, money
+
+register = template.Library()
+
+
+@register.filter
+def amount(action: Action) -> str:
+    return money(action)
+
+
+@register.filter
+def param_rows(action: Action) -> list[dict[str, Any]]:
+    """The params as (name, shown value, edit value, is_amount) rows for a readable table."""
+    rows = []
+    currency = action.book_version.currency if action.book_version else ""
+    for name, value in (action.params or {}).items():
+        is_amount = name == action.tool.amount_param and type(value) is int
+        if is_amount:
+            shown = money(action)
+            edit = f"{value / 100:.2f}"
+        elif isinstance(value, dict | list):
+            shown = edit = json.dumps(value, ensure_ascii=False)
+        else:
+            shown = edit = "" if value is None else str(value)
+        rows.append(
+            {
+                "name": name,
+                "shown": shown,
+                "edit": edit,
+                "is_amount": is_amount,
+                "currency": currency,
+            }
+        )
+    return rows
+
+
+@register.filter
+def minutes_left(deadline: datetime) -> str:
+    return due_text(deadline, timezone.now())
+
+
+@register.filter
+def is_overdue(deadline: datetime) -> bool:
+    return deadline < timezone.now()
+
+
+@register.filter
+def as_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)

@@ -1,0 +1,104 @@
+"""The runtime's pages: runs and their steps (on-call), one run in detail, the month's model
+budgets and spend (finance), and the failed runs handed to the signed-in escalation owner."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from apps.accounts.access import role_required
+from apps.accounts.roles import Role
+from apps.core.http import HtmxHttpRequest
+from apps.runtime.budgets import month_of
+from apps.runtime.demo import demo_traffic_set, demo_traffic_state
+from apps.runtime.forms import RunFilterForm
+from apps.runtime.selectors import (
+    budget_alerts,
+    budget_periods_of,
+    provider_circuits,
+    run_calls,
+    run_counts,
+    run_detail,
+    runs_escalated_to,
+    runs_needing_attention,
+    runs_recent,
+    spend_by_model,
+)
+
+
+@require_GET
+@role_required(Role.ONCALL)
+def runs(request: HtmxHttpRequest) -> HttpResponse:
+    form = RunFilterForm(request.GET or None)
+    state = workflow = ""
+    if form.is_bound and form.is_valid():
+        state, workflow = form.cleaned_data["state"], form.cleaned_data["workflow"]
+    context = {
+        "form": form,
+        "runs": runs_recent(state=state, workflow=workflow),
+        "attention": runs_needing_attention(),
+        "alerts": budget_alerts(),
+        "circuits": provider_circuits(),
+        "counts": run_counts(),
+        "demo_enabled": settings.DEMO_TRAFFIC,
+        "demo": demo_traffic_state(),
+        "query": request.GET.urlencode(),
+    }
+    if request.htmx:
+        return render(request, "runtime/runs.html#runs-state", context)
+    return render(request, "runtime/runs.html", context)
+
+
+@require_GET
+@role_required(Role.ONCALL)
+def run(request: HttpRequest, run_id: UUID) -> HttpResponse:
+    found = run_detail(run_id)
+    if found is None:
+        raise Http404(f"No run {run_id}.")
+    return render(request, "runtime/run.html", {"run": found, "calls": run_calls(found)})
+
+
+@require_POST
+@role_required(Role.ONCALL)
+def demo_traffic(request: HttpRequest) -> HttpResponse:
+    wanted = request.POST.get("traffic", "")
+    if wanted not in ("on", "off"):
+        messages.error(request, f"traffic: expected on or off, got {wanted[:20]!r}.")
+        return redirect("runtime:runs")
+    user = request.user
+    assert isinstance(user, User)
+    demo_traffic_set(paused=wanted == "off", by=user.get_username())
+    messages.success(
+        request, "Demo traffic paused." if wanted == "off" else "Demo traffic resumed."
+    )
+    return redirect("runtime:runs")
+
+
+@require_GET
+@role_required(Role.FINANCE)
+def budgets(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "runtime/budgets.html",
+        {
+            "month": month_of(),
+            "periods": budget_periods_of(),
+            "alerts": budget_alerts(),
+            "spend": spend_by_model(),
+        },
+    )
+
+
+@require_GET
+@login_required
+def escalations(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    assert isinstance(user, User)
+    return render(request, "runtime/escalations.html", {"runs": runs_escalated_to(user)})

@@ -263,3 +263,18 @@ def test_the_feedback_command_writes_json_lines(
         call_command("export_feedback", "--since", "yesterday")
     with pytest.raises(CommandError, match="--output: cannot write"):
         call_command("export_feedback", "--output", str(tmp_path / "missing" / "x.jsonl"))
+
+
+def test_an_agent_key_cannot_decide_its_own_proposal(book: BookVersion, key: IssuedKey) -> None:
+    # Agent keys reach the agent API only: the review pages ask for a signed-in person.
+    item = hold(key)
+    response = Client().post(
+        f"/reviews/{item.pk}/decide",
+        {"verdict": "approve", "reason_code": "within-policy"},
+        headers={"Authorization": f"Bearer {key.key}"},
+    )
+    assert response.status_code == 302
+    assert "/accounts/login/" in response["Location"]
+    item.refresh_from_db()
+    assert item.state == State.OPEN
+    assert reload(item.action).status == Status.PENDING_REVIEW

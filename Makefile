@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PORT ?= 8000
 
-.PHONY: help venv run test pytest lint format bench clean
+.PHONY: help venv run test pytest fuzz lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: venv  ## lint, then the whole suite against real PostgreSQL and Redis (sta
 
 pytest: venv  ## the suite only (no lint); PYTEST_ARGS="-k name" narrows it
 	scripts/test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: venv  ## the API fuzz, full size: FUZZ_EXAMPLES (2000) random cases per operation and mode
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} FUZZ_RANDOM=1 scripts/test-services.sh $(BIN)/python -m pytest tests/hostile/test_api_fuzz.py $(PYTEST_ARGS)
 
 lint: venv  ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

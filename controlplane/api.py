@@ -7,6 +7,7 @@ from ninja import NinjaAPI
 from apps.accounts.api import router as accounts_router
 from apps.actions.api import router as actions_router
 from apps.core.api_errors import install_error_handlers
+from apps.core.api_input import StorableJsonParser
 from apps.killswitches.api import router as killswitches_router
 
 api = NinjaAPI(
@@ -17,6 +18,8 @@ api = NinjaAPI(
         '`{"detail": "...", "errors": [{"field": "...", "message": "..."}]}` with a 4xx code.'
     ),
     urls_namespace="api",
+    # Text PostgreSQL cannot store (NUL, lone surrogates) is a 422 naming the field, not a 500.
+    parser=StorableJsonParser(),
 )
 install_error_handlers(api)
 

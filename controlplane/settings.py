@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.utils.csp import CSP
 
+from apps.core.metrics_access import metrics_networks, metrics_token
 from apps.runtime.config import demo_interval, model_settings
 from controlplane.environment import (
     ConfigurationError,
@@ -56,6 +57,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "apps.core.middleware.RequestIdMiddleware",
+    # A view that cannot reach the database answers 503 saying so (apps/core/middleware.py).
+    "apps.core.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -170,7 +173,14 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "heartbeat": {"task": "core.heartbeat", "schedule": 60.0},
     "review-sla": {"task": "reviews.sweep", "schedule": 30.0},
+    # The balance sheet's daily cost rollup (idempotent; see apps/ledger/rollups.py).
+    "ledger-cost-rollup": {"task": "ledger.cost_rollup", "schedule": 15 * 60.0},
+    # SLO breaches and regressions: one alert each, resolved when over.
+    "ledger-slo-check": {"task": "ledger.slo_check", "schedule": 60.0},
 }
+# A workflow's approval or override rate moving by this much (0.10 = 10 points) from one week
+# to the next raises a regression alert.
+SLO_REGRESSION_POINTS = 0.10
 # A review item past its SLA deadline is escalated; this many minutes later, still undecided,
 # it expires (its action never runs).
 REVIEW_EXPIRE_AFTER_MINUTES = env_int(ENV, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)
@@ -224,6 +234,16 @@ FIREWALL_RATE_TRAILING_SECONDS = int(_firewall_number("FIREWALL_RATE_TRAILING_SE
 FIREWALL_DENIALS = int(_firewall_number("FIREWALL_DENIALS", 5))
 FIREWALL_DENIAL_WINDOW_SECONDS = int(_firewall_number("FIREWALL_DENIAL_WINDOW_SECONDS", 300))
 FIREWALL_REDIS_URL = "" if BROKER_EMBEDDED else ENV.get("REDIS_URL", "").strip()
+
+# --- Metrics --------------------------------------------------------------------------------
+# Prometheus metrics at /metrics, for the scraper only: from METRICS_ALLOWED_IPS (addresses or
+# networks) or with `Authorization: Bearer <METRICS_TOKEN>`; with neither set, /metrics is a 404.
+# Several processes on a host share their counters through PROMETHEUS_MULTIPROC_DIR (see
+# apps/core/metrics.py and docs/deployment.md).
+METRICS_ALLOWED_IPS = metrics_networks(ENV)
+METRICS_TOKEN = metrics_token(ENV)
+# Prometheus scrapes over plain HTTP inside the network, like the load balancer's /healthz.
+SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]
 
 # --- Logging --------------------------------------------------------------------------------
 # JSON lines in production (one object per line, for log shippers); readable text in development.

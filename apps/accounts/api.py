@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from apps.accounts.roles import Role, parse_role, user_roles
 from apps.accounts.services import UserInputError, user_create
-from apps.core.api_errors import ApiError, FieldError
+from apps.core.api_errors import ApiError, ErrorOut, FieldError
 
 router = Router(tags=["accounts"])
 
@@ -45,7 +45,7 @@ class UserOut(Schema):
     roles: list[str]
 
 
-@router.get("/me", response=MeOut, auth=django_auth, summary="Who am I")
+@router.get("/me", response={200: MeOut, 401: ErrorOut}, auth=django_auth, summary="Who am I")
 def me(request: HttpRequest) -> MeOut:
     user = request.user
     assert isinstance(user, User)
@@ -56,7 +56,12 @@ def me(request: HttpRequest) -> MeOut:
     )
 
 
-@router.post("/users", response={201: UserOut}, auth=django_auth, summary="Create a user")
+@router.post(
+    "/users",
+    response={201: UserOut, **{c: ErrorOut for c in (400, 401, 403, 422)}},
+    auth=django_auth,
+    summary="Create a user",
+)
 def create_user(request: HttpRequest, payload: UserIn) -> Status[UserOut]:
     """Create a user with roles (admin role). The password must pass the password rules."""
     require_role(request, Role.ADMIN)

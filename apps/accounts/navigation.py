@@ -30,6 +30,7 @@ NAVIGATION: tuple[NavEntry, ...] = (
     NavEntry("Model budgets", "runtime:budgets", Role.FINANCE),
     NavEntry("On-call", "killswitches:console", Role.ONCALL),
     NavEntry("Agent runs", "runtime:runs", Role.ONCALL),
+    NavEntry("SLOs", "ledger:slos", Role.ONCALL),
     NavEntry("Admin", "admin:index", Role.ADMIN),
 )
 

@@ -21,6 +21,7 @@ from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action
 from apps.actions.states import IllegalTransition
 from apps.core.api_errors import ApiError, FieldError
+from apps.core.api_errors import ErrorOut as ErrorOut  # (re-exported: others import it here)
 from apps.registry.models import AgentKey
 from apps.registry.services import KeyRejected, agent_key_authenticate
 
@@ -110,18 +111,6 @@ class ActionOut(Schema):
     rolled_back_at: datetime | None = Field(description="when it was undone")
 
 
-class ErrorItem(Schema):
-    field: str = Field(description="the field at fault, e.g. params.amount_cents")
-    message: str = Field(description="what is wrong with it")
-
-
-class ErrorOut(Schema):
-    """Every error of the API has this shape."""
-
-    detail: str = Field(description="one sentence for a person")
-    errors: list[ErrorItem] = Field(description="each field at fault; empty when none is")
-
-
 def action_out(action: Action) -> ActionOut:
     return ActionOut(
         id=action.pk,
@@ -198,7 +187,7 @@ def _visible_action(request: HttpRequest, action_id: UUID) -> Action:
 @router.get(
     "/actions/{action_id}",
     auth=[agent_auth, django_auth],
-    response={200: ActionOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+    response={200: ActionOut, **{c: ErrorOut for c in (401, 403, 404, 422)}},
     summary="Read an action",
     description="State, decision, reasons, result or error and timestamps. An agent sees its own "
     "actions; staff (supervisor, risk, oncall, admin) see all.",
@@ -210,7 +199,7 @@ def read(request: HttpRequest, action_id: UUID) -> ActionOut:
 @router.post(
     "/actions/{action_id}/rollback",
     auth=django_auth,
-    response={200: ActionOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    response={200: ActionOut, **{c: ErrorOut for c in (401, 403, 404, 409, 422)}},
     summary="Roll back an action (staff)",
     description="Calls the tool's undo. 409 when the action has not succeeded or its tool is "
     "irreversible. Needs the oncall or admin role.",

@@ -12,9 +12,11 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 
+from apps.core.tracing import client_span
 from apps.registry.models import Tool
 
 _pool = urllib3.PoolManager(num_pools=32, maxsize=16, retries=False)
@@ -39,18 +41,30 @@ class Call:
 
 
 def _http(call: Call) -> dict[str, Any]:
+    where = urlsplit(call.url)
+    span = client_span(
+        f"POST {where.path}",
+        {"server.address": where.hostname or "", "url.path": where.path, "action": call.action_id},
+    )
     try:
-        response = _pool.request(
-            "POST",
-            call.url,
-            body=json.dumps(call.payload).encode(),
-            headers={
-                "Content-Type": "application/json",
-                "Idempotency-Key": call.idempotency_key,
-                "X-Escapement-Action": call.action_id,
-            },
-            timeout=urllib3.Timeout(connect=min(call.timeout, 5.0), read=call.timeout),
-        )
+        with span as trace_headers:
+            response = _pool.request(
+                "POST",
+                call.url,
+                body=json.dumps(call.payload).encode(),
+                headers={
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": call.idempotency_key,
+                    "X-Escapement-Action": call.action_id,
+                    **trace_headers,
+                },
+                timeout=urllib3.Timeout(connect=min(call.timeout, 5.0), read=call.timeout),
+            )
+    except urllib3.exceptions.NewConnectionError:
+        # (caught first: urllib3 files a refused connection under its timeouts)
+        raise ConnectorFailure(
+            "connection failed: refused or unreachable", transient=True
+        ) from None
     except urllib3.exceptions.TimeoutError:
         raise ConnectorFailure(f"timed out after {call.timeout:g}s", transient=True) from None
     except urllib3.exceptions.HTTPError as exc:

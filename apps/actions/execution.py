@@ -26,6 +26,7 @@ from apps.actions.breaker import (
 from apps.actions.connectors import ConnectorFailure, call_tool, call_undo
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition
+from apps.core.metrics import EXECUTIONS
 from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
 
@@ -83,6 +84,7 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
     except IllegalTransition as exc:
         # A duplicate delivery of the same action finished it first.
         return Outcome(exc.current, note="finished by another delivery")
+    EXECUTIONS.labels("failed").inc()
     logger.warning("action %s failed: %s", action.pk, error)
     return Outcome(Status.FAILED, note=error)
 
@@ -143,6 +145,7 @@ def action_execute(*, action_id: UUID) -> Outcome:
         if opened:
             logger.warning("circuit opened for %s: %s", tool.slug, failure.message)
         if action.attempts <= tool.max_retries and not opened:
+            EXECUTIONS.labels("retry").inc()
             return Outcome(
                 Status.RUNNING, retry_after=backoff(action.attempts), note=failure.message
             )
@@ -166,6 +169,7 @@ def action_execute(*, action_id: UUID) -> Outcome:
         # A duplicate delivery of the same action finished it first (same downstream key, so
         # the same single effect).
         return Outcome(exc.current, note="finished by another delivery")
+    EXECUTIONS.labels("succeeded").inc()
     return Outcome(Status.SUCCEEDED)
 
 

@@ -26,6 +26,7 @@ from apps.actions.states import IllegalTransition, can_transition, transition
 from apps.audit.services import audit_batch, audit_record
 from apps.books.compilation import action_facts, book_decide
 from apps.books.models import BookVersion
+from apps.core.metrics import gate_timed
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch, covering
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
@@ -139,6 +140,7 @@ def _existing(agent: Agent, proposal: Proposal) -> Action | None:
     return earlier
 
 
+@gate_timed
 def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
     """Decide one proposal and record it. The same idempotency key from the same agent returns
     the first action (created=False), however many duplicates arrive at once."""

@@ -14,9 +14,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
+from pydantic import Field
+
+from apps.core.api_input import BodyRefused
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,18 @@ class ApiError(Exception):
         self.status = status
         self.detail = detail
         self.errors = tuple(errors)
+
+
+class ErrorItem(Schema):
+    field: str = Field(description="the field at fault, e.g. params.amount_cents")
+    message: str = Field(description="what is wrong with it")
+
+
+class ErrorOut(Schema):
+    """Every error of the API has this shape."""
+
+    detail: str = Field(description="one sentence for a person")
+    errors: list[ErrorItem] = Field(description="each field at fault; empty when none is")
 
 
 def error_body(detail: str, errors: Iterable[FieldError] = ()) -> dict[str, Any]:
@@ -92,6 +109,10 @@ def _on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         return error_response(
             400, "The request body is not valid JSON.", [FieldError("body", message)]
         )
+    if isinstance(cause, BodyRefused):
+        return error_response(
+            422, f"Invalid input: {cause.field}.", [FieldError(cause.field, cause.message)]
+        )
     if isinstance(exc, AuthenticationError):
         return error_response(401, "Authentication required: sign in or send a valid key.")
     if exc.status_code == 403 and str(exc) == "CSRF check Failed":
@@ -109,6 +130,13 @@ def _on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
     return error_response(exc.status, exc.detail, exc.errors)
 
 
+def _on_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_response(
+        413, "The request body is too large.", [FieldError("body", f"at most {limit} bytes")]
+    )
+
+
 def _on_not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(404, "Not found.")
 
@@ -120,6 +148,7 @@ HANDLERS: tuple[tuple[type[Exception], Handler], ...] = (
     (HttpError, _on_http_error),
     (ApiError, _on_api_error),
     (Http404, _on_not_found),
+    (RequestDataTooBig, _on_too_big),
 )
 
 

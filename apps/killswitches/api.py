@@ -16,8 +16,7 @@ from pydantic import Field
 from apps.accounts.api import require_role
 from apps.accounts.roles import Role
 from apps.accounts.staff_tokens import staff_token_auth
-from apps.actions.api import ErrorOut
-from apps.core.api_errors import ApiError, FieldError
+from apps.core.api_errors import ApiError, ErrorOut, FieldError
 from apps.killswitches.drain import drain_run
 from apps.killswitches.models import KillSwitch, RollbackRun
 from apps.killswitches.proof import switch_proof
@@ -35,7 +34,7 @@ router = Router(tags=["on-call"], auth=[staff_token_auth, django_auth])
 ScopeName = Literal["global", "workflow", "agent", "tool"]
 
 
-ERRORS: dict[int, Any] = {code: ErrorOut for code in (401, 403, 404, 409, 422)}
+ERRORS: dict[int, Any] = {code: ErrorOut for code in (400, 401, 403, 404, 409, 422)}
 
 
 class EngageIn(Schema):

@@ -205,3 +205,25 @@ def test_rollback__bad_count__error_next_to_the_field(desk: Desk, client_for: An
     )  # fmt: skip
     assert response.status_code == 422
     assert "between 1 and 500, got 0" in response.content.decode()
+
+
+def test_console__open_slo_alerts__shown(client_for: Any) -> None:
+    from apps.ledger.models import SloAlert
+    from tests.factories import make_workflow
+
+    client = client_for(Role.ONCALL)
+    assert "No SLO is breached." in client.get("/oncall/").content.decode()
+    now = timezone.now()
+    SloAlert.objects.create(
+        workflow=make_workflow(),
+        slo="approval_rate",
+        kind=SloAlert.Kind.BREACH,
+        value=0.4,
+        target=0.8,
+        window_start=now,
+        window_end=now,
+        message="refunds approval rate 40 % below its 80 % target",
+    )
+    page = client.get("/oncall/").content.decode()
+    assert 'data-testid="slo-alerts"' in page
+    assert "refunds approval rate 40 % below its 80 % target" in page

@@ -1,0 +1,330 @@
+"""Backtests: a draft Decision Book decided against the last N recorded actions of its
+workflow, beside the version active when it was asked for.
+
+Both versions decide the same facts, rebuilt from each recorded action (agent, tool, params,
+confidence, subject, the local time it was proposed), through the same policy engine and the
+same autonomy-mode and risk-zone rules as the gate (`_layer` mirrors `book_decide`; a test keeps
+them equal). A proposal's segment is not recorded with its action, so a backtest decides with
+an empty segment on both sides; kill switches, circuits and budgets are left out: they stop
+actions whatever the book says.
+
+Speed: each version's policies are parsed once per run, each agent's and tool's facts read once,
+and the actions are read in one query; the rest is two in-process decisions per action."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import DurationField, ExpressionWrapper, F, Sum
+from django.utils import timezone
+
+from apps.actions.models import Action
+from apps.audit.services import audit_record
+from apps.books.compilation import (
+    MODE_REASONS,
+    RED_ZONE,
+    YELLOW_HELD,
+    book_problems,
+    compiled_for,
+    tool_rules,
+)
+from apps.books.models import AutonomyMode, BookVersion
+from apps.books.policy.engine import ActionFacts, CompiledPolicies, Reason, decide
+from apps.books.selectors import active_version
+from apps.ledger.models import Backtest
+from apps.registry.models import Agent, Tool, Workflow
+from apps.reviews.models import ReviewItem
+from apps.reviews.models import State as ReviewState
+from apps.runtime.models import ModelCall
+
+logger = logging.getLogger(__name__)
+
+MAX_LIMIT = 200_000
+FLIPS_KEPT = 500
+PROGRESS_EVERY = 2_000
+REVIEW_HISTORY_DAYS = 90
+DECISIONS = ("allow", "hold", "deny", "observe")
+NO_BOOK = Reason("no-active-book", "The workflow has no published Decision Book")
+
+
+class BacktestError(Exception):
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str
+    reason: str
+
+
+class Decider:
+    """One book version, parsed once, deciding many actions as the gate would."""
+
+    def __init__(self, version: BookVersion | None) -> None:
+        self.version = version
+        self.compiled: CompiledPolicies | None = compiled_for(version) if version else None
+        self.zones = {rule.tool: rule.risk_zone for rule in tool_rules(version)} if version else {}
+
+    def zone(self, tool: Tool) -> str:
+        return self.zones.get(tool.slug, tool.risk_zone)
+
+    def decide(self, facts: ActionFacts) -> Verdict:
+        if self.version is None or self.compiled is None:
+            return Verdict("deny", NO_BOOK.policy_id)
+        decision, reasons = _layer(self.version.autonomy_mode, self.compiled, facts)
+        return Verdict(decision, reasons[0].policy_id if reasons else "")
+
+
+def _layer(
+    mode: str, compiled: CompiledPolicies, facts: ActionFacts
+) -> tuple[str, tuple[Reason, ...]]:
+    """The book's decision: the policy's verdict, then the autonomy mode and risk zone on top
+    (as `apps.books.compilation.book_decide`, on policies parsed once)."""
+    verdict = decide(compiled, facts)
+    if mode == AutonomyMode.OBSERVE:
+        return "observe", (MODE_REASONS[AutonomyMode.OBSERVE], *verdict.reasons)
+    if verdict.outcome != "allow":
+        return verdict.outcome, verdict.reasons
+    if facts.tool_zone == "red":
+        return "hold", (RED_ZONE,)
+    if mode == AutonomyMode.ASSIST:
+        return "hold", (MODE_REASONS[AutonomyMode.ASSIST], *verdict.reasons)
+    if facts.tool_zone == "yellow" and mode == AutonomyMode.CONSTRAINED:
+        return "hold", (YELLOW_HELD,)
+    return "allow", verdict.reasons
+
+
+def facts_of(
+    *,
+    workflow: str,
+    agent: tuple[str, str, tuple[str, ...]],
+    tool: Tool,
+    zone: str,
+    currency: str,
+    params: Mapping[str, Any],
+    confidence: Decimal | None,
+    subject: str,
+    at: Any,
+) -> ActionFacts:
+    """What the policy sees of a recorded action (as `compilation.action_facts`)."""
+    amount = params.get(tool.amount_param) if tool.amount_param else None
+    params_currency = params.get("currency")
+    slug, risk_tier, workflows = agent
+    return ActionFacts(
+        agent=slug,
+        agent_risk_tier=risk_tier,
+        agent_workflows=workflows,
+        tool=tool.slug,
+        tool_zone=zone,
+        tool_reversible=tool.reversible,
+        workflow=workflow,
+        at=at,
+        params=params,
+        amount=amount if type(amount) is int else None,
+        currency=params_currency if isinstance(params_currency, str) else currency,
+        confidence=confidence,
+        segment="",
+        subject=subject,
+    )
+
+
+@transaction.atomic
+def backtest_request(
+    *, workflow: Workflow, draft: BookVersion | None, user: User, limit: int
+) -> Backtest:
+    """Queue a backtest of the workflow's saved draft against its last `limit` actions."""
+    if draft is None or not draft.is_draft:
+        raise BacktestError(None, f"{workflow.slug} has no draft to backtest; start one first.")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BacktestError("limit", f"between 1 and {MAX_LIMIT:,} actions, got {limit}")
+    problems = book_problems(draft)
+    if problems:
+        first = problems[0]
+        raise BacktestError(
+            None,
+            f"The saved draft has {len(problems)} problem(s) ({first.section} line {first.line}: "
+            f"{first.message}); fix, save and validate it first.",
+        )
+    backtest = Backtest.objects.create(
+        workflow=workflow,
+        draft=draft,
+        active=active_version(workflow),
+        requested_by=user,
+        limit=limit,
+    )
+    audit_record(
+        actor=user,
+        verb="book.backtest_requested",
+        target=backtest,
+        data={"workflow": workflow.slug, "draft": draft.pk, "limit": limit},
+    )
+    from apps.ledger.tasks import backtest_run_task
+
+    backtest_key = str(backtest.pk)
+    transaction.on_commit(lambda: backtest_run_task.delay(backtest_key))
+    return backtest
+
+
+def backtests_of(workflow: Workflow, *, count: int = 5) -> list[Backtest]:
+    return list(
+        Backtest.objects.filter(workflow=workflow).select_related("draft", "active")[:count]
+    )
+
+
+def _review_minutes(workflow: Workflow, fallback: Decimal) -> tuple[Decimal, str]:
+    """The average time a person spends on one review item of this workflow (claim to
+    decision, over the last 90 days), or the book's baseline minutes when none was decided."""
+    since = timezone.now() - timedelta(days=REVIEW_HISTORY_DAYS)
+    decided = ReviewItem.objects.filter(
+        workflow=workflow, state=ReviewState.DECIDED, claimed_at__isnull=False, closed_at__gte=since
+    )
+    summary = decided.aggregate(
+        spent=Sum(ExpressionWrapper(F("closed_at") - F("claimed_at"), output_field=DurationField()))
+    )
+    count = decided.count()
+    if not count or summary["spent"] is None:
+        return fallback, "no review decided in the last 90 days: the book's baseline minutes"
+    minutes = Decimal(summary["spent"].total_seconds()) / 60 / count
+    return minutes.quantize(Decimal("0.01")), f"average of {count} decided review(s), 90 days"
+
+
+def _hours(minutes: Decimal) -> str:
+    return f"{(minutes / 60).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):f}"
+
+
+def backtest_perform(*, backtest_id: UUID) -> Backtest:
+    """Run one backtest, recording its progress as it goes and its result at the end."""
+    backtest = Backtest.objects.select_related("workflow", "draft", "active").get(pk=backtest_id)
+    if backtest.finished:
+        return backtest
+    started = time.perf_counter()
+    Backtest.objects.filter(pk=backtest.pk).update(
+        state=Backtest.State.RUNNING, started_at=timezone.now(), done=0
+    )
+    try:
+        result = _evaluate(backtest)
+    except Exception as exc:  # a backtest must end, even on a defect: say why on the page
+        logger.exception("backtest %s failed", backtest.pk)
+        Backtest.objects.filter(pk=backtest.pk).update(
+            state=Backtest.State.FAILED, error=str(exc)[:1000], finished_at=timezone.now()
+        )
+    else:
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        Backtest.objects.filter(pk=backtest.pk).update(
+            state=Backtest.State.DONE,
+            result=result,
+            done=result["total"],
+            finished_at=timezone.now(),
+        )
+    backtest.refresh_from_db()
+    return backtest
+
+
+def _evaluate(backtest: Backtest) -> dict[str, Any]:
+    workflow = backtest.workflow
+    draft = Decider(backtest.draft)
+    active = Decider(backtest.active)
+    rows = list(
+        Action.objects.filter(workflow=workflow)
+        .order_by("-created_at", "-pk")
+        .values_list("pk", "agent_id", "tool_id", "params", "confidence", "subject", "created_at")[
+            : backtest.limit
+        ]
+    )
+    Backtest.objects.filter(pk=backtest.pk).update(total=len(rows))
+    agents = {
+        agent.pk: (
+            agent.slug,
+            agent.risk_tier,
+            tuple(sorted(flow.slug for flow in agent.workflows.all())),
+        )
+        for agent in Agent.objects.filter(pk__in={row[1] for row in rows}).prefetch_related(
+            "workflows"
+        )
+    }
+    tools = {tool.pk: tool for tool in Tool.objects.filter(pk__in={row[2] for row in rows})}
+    draft_currency = backtest.draft.currency
+    active_currency = backtest.active.currency if backtest.active else draft_currency
+    counts: dict[str, Counter[str]] = {"draft": Counter(), "active": Counter()}
+    moves: Counter[str] = Counter()
+    flipped: list[dict[str, Any]] = []
+    flipped_ids: list[UUID] = []
+    tz = timezone.get_current_timezone()
+    for index, (pk, agent_id, tool_id, params, confidence, subject, created_at) in enumerate(rows):
+        tool = tools[tool_id]
+        common: dict[str, Any] = {
+            "workflow": workflow.slug,
+            "agent": agents[agent_id],
+            "tool": tool,
+            "params": params if isinstance(params, dict) else {},
+            "confidence": confidence,
+            "subject": subject,
+            "at": created_at.astimezone(tz),
+        }
+        new = draft.decide(facts_of(zone=draft.zone(tool), currency=draft_currency, **common))
+        old = active.decide(facts_of(zone=active.zone(tool), currency=active_currency, **common))
+        counts["draft"][new.decision] += 1
+        counts["active"][old.decision] += 1
+        if new.decision != old.decision:
+            moves[f"{old.decision}->{new.decision}"] += 1
+            flipped_ids.append(pk)
+            if len(flipped) < FLIPS_KEPT:
+                flipped.append(
+                    {
+                        "id": str(pk),
+                        "subject": subject,
+                        "tool": tool.slug,
+                        "created_at": created_at.isoformat(),
+                        "active": old.decision,
+                        "draft": new.decision,
+                        "reason": new.reason,
+                    }
+                )
+        if index % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+            Backtest.objects.filter(pk=backtest.pk).update(done=index + 1)
+
+    baseline = backtest.draft.baseline_minutes
+    per_review, basis = _review_minutes(workflow, baseline)
+    spend = Decimal(0)
+    for start in range(0, len(flipped_ids), 5_000):
+        chunk = flipped_ids[start : start + 5_000]
+        spend += ModelCall.objects.filter(action_id__in=chunk).aggregate(s=Sum("cost_cents"))[
+            "s"
+        ] or Decimal(0)
+    active_baseline = backtest.active.baseline_minutes if backtest.active else baseline
+    return {
+        "total": len(rows),
+        "counts": {
+            side: {decision: counts[side][decision] for decision in DECISIONS}
+            for side in ("active", "draft")
+        },
+        "moves": dict(sorted(moves.items())),
+        "flip_total": len(flipped_ids),
+        "flipped": flipped,
+        "review_minutes_each": f"{per_review:f}",
+        "review_basis": basis,
+        "reviewer_hours": {
+            "active": _hours(per_review * counts["active"]["hold"]),
+            "draft": _hours(per_review * counts["draft"]["hold"]),
+            "change": _hours(per_review * (counts["draft"]["hold"] - counts["active"]["hold"])),
+        },
+        "time_saved_hours": {
+            "active": _hours(active_baseline * counts["active"]["allow"]),
+            "draft": _hours(baseline * counts["draft"]["allow"]),
+        },
+        "flipped_spend_cents": f"{spend:f}",
+        "currency": draft_currency,
+    }

@@ -1,0 +1,95 @@
+"""The balance sheet's charts, built with plotly in Python and handed to the page as JSON
+(the page's script only calls Plotly.newPlot: no inline script under the CSP).
+
+Plotly takes numbers, so amounts are converted to float here, for drawing only: every figure a
+person reads or exports comes from the table, in Decimal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import plotly.graph_objects as go  # type: ignore[import-untyped]
+
+from apps.ledger.selectors import BalanceSheet, TrendPoint, to_major
+
+LAYOUT: dict[str, Any] = {
+    "margin": {"l": 56, "r": 16, "t": 40, "b": 48},
+    "height": 320,
+    "paper_bgcolor": "rgba(0,0,0,0)",
+    "plot_bgcolor": "rgba(0,0,0,0)",
+    "legend": {"orientation": "h", "y": -0.2},
+    "font": {"family": "system-ui, sans-serif", "size": 12},
+}
+
+
+def _figure(figure: go.Figure, title: str) -> dict[str, Any]:
+    figure.update_layout(title={"text": title, "x": 0}, **LAYOUT)
+    figure_json: dict[str, Any] = json.loads(figure.to_json())
+    return figure_json
+
+
+def spend_chart(sheet: BalanceSheet) -> dict[str, Any]:
+    """Model spend per day of the month, one line per workflow."""
+    figure = go.Figure()
+    for slug, days in sorted(sheet.spend_by_day.items()):
+        figure.add_trace(
+            go.Scatter(
+                x=[day.isoformat() for day, _ in days],
+                y=[float(to_major(cents) or 0) for _, cents in days],
+                mode="lines+markers",
+                name=slug,
+            )
+        )
+    figure.update_yaxes(title_text="model spend (major units)", rangemode="tozero")
+    return _figure(figure, f"Model spend per day, {sheet.month:%B %Y}")
+
+
+OUTCOMES = (
+    ("autonomous", "autonomous"),
+    ("after_review", "after review"),
+    ("rejected", "rejected"),
+    ("expired", "expired"),
+    ("rolled_back", "rolled back"),
+)
+
+
+def outcome_chart(sheet: BalanceSheet) -> dict[str, Any]:
+    """What became of the month's actions, per workflow, stacked."""
+    rows = [row for row in sheet.rows if row.active]
+    figure = go.Figure()
+    for attribute, label in OUTCOMES:
+        figure.add_trace(
+            go.Bar(
+                x=[row.workflow.slug for row in rows],
+                y=[getattr(row, attribute) for row in rows],
+                name=label,
+            )
+        )
+    figure.update_layout(barmode="stack")
+    figure.update_yaxes(title_text="actions")
+    return _figure(figure, "Outcome mix")
+
+
+def cost_trend_chart(trend: dict[str, list[TrendPoint]]) -> dict[str, Any]:
+    """Cost per successful outcome, month by month, one line per workflow (a gap where a
+    month had no success)."""
+    figure = go.Figure()
+    for slug, points in trend.items():
+        figure.add_trace(
+            go.Scatter(
+                x=[point.month.strftime("%Y-%m") for point in points],
+                y=[
+                    float(to_major(point.cost_per_success_cents) or 0)
+                    if point.cost_per_success_cents is not None
+                    else None
+                    for point in points
+                ],
+                mode="lines+markers",
+                name=slug,
+                connectgaps=False,
+            )
+        )
+    figure.update_xaxes(type="category")
+    figure.update_yaxes(title_text="cost per successful outcome", rangemode="tozero")
+    return _figure(figure, "Cost per successful outcome, last 6 months")

@@ -173,6 +173,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "heartbeat": {"task": "core.heartbeat", "schedule": 60.0},
     "review-sla": {"task": "reviews.sweep", "schedule": 30.0},
+    "action-requeue": {"task": "actions.requeue", "schedule": 30.0},
     # The balance sheet's daily cost rollup (idempotent; see apps/ledger/rollups.py).
     "ledger-cost-rollup": {"task": "ledger.cost_rollup", "schedule": 15 * 60.0},
     # SLO breaches and regressions: one alert each, resolved when over.
@@ -181,6 +182,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 # A workflow's approval or override rate moving by this much (0.10 = 10 points) from one week
 # to the next raises a regression alert.
 SLO_REGRESSION_POINTS = 0.10
+# An action still `queued` this long after it was queued (its message lost, say while the broker
+# was down) is sent to the workers again by the requeue sweep (apps/actions/requeue.py).
+ACTION_REQUEUE_AFTER_SECONDS = env_int(ENV, "ACTION_REQUEUE_AFTER_SECONDS", 60)
 # A review item past its SLA deadline is escalated; this many minutes later, still undecided,
 # it expires (its action never runs).
 REVIEW_EXPIRE_AFTER_MINUTES = env_int(ENV, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)

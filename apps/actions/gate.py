@@ -350,10 +350,13 @@ def _enter(action: Action, agent: Agent, *path: str) -> Action:
 
 
 def _dispatch_on_commit(action: Action) -> None:
+    """Hand the action to a worker once the transaction commits. The action is recorded
+    `queued` either way: if the broker cannot take the message (Redis down), the proposal is
+    still answered and the requeue sweep (apps/actions/requeue.py) sends it again later."""
     from apps.actions.tasks import execute_action
 
     action_id = str(action.pk)
-    transaction.on_commit(lambda: execute_action.delay(action_id))
+    transaction.on_commit(lambda: execute_action.delay(action_id), robust=True)
 
 
 def action_enqueue(action: Action, *, actor: str | Any) -> Action:

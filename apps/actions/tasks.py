@@ -29,3 +29,11 @@ def deliver_callback(self: Task[[int], None], delivery_id: int) -> None:
         if self.request.retries + 1 >= MAX_ATTEMPTS:
             return
         raise self.retry(countdown=min(2.0**self.request.retries, 300.0)) from None
+
+
+@shared_task(name="actions.requeue", ignore_result=True)
+def requeue_actions() -> None:
+    """From the scheduler: send actions left `queued` (their message lost) to the workers."""
+    from apps.actions.requeue import actions_requeue
+
+    actions_requeue()

@@ -153,7 +153,15 @@ def zone_of(version: BookVersion, tool_slug: str, default: str) -> str:
 
 def book_decide(version: BookVersion, facts: ActionFacts) -> BookDecision:
     """The policy's verdict, then the book's autonomy mode and risk zones on top of it."""
-    verdict = decide(compiled_for(version), facts)
+    return book_decide_compiled(version, compiled_for(version), facts)
+
+
+def book_decide_compiled(
+    version: BookVersion, compiled: CompiledPolicies, facts: ActionFacts
+) -> BookDecision:
+    """As `book_decide`, on policies the caller parsed once (a backtest deciding a draft over
+    many recorded actions)."""
+    verdict = decide(compiled, facts)
     mode = version.autonomy_mode
     if mode == AutonomyMode.OBSERVE:
         return BookDecision(

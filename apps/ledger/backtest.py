@@ -3,8 +3,8 @@ workflow, beside the version active when it was asked for.
 
 Both versions decide the same facts, rebuilt from each recorded action (agent, tool, params,
 confidence, subject, the local time it was proposed), through the same policy engine and the
-same autonomy-mode and risk-zone rules as the gate (`_layer` mirrors `book_decide`; a test keeps
-them equal). A proposal's segment is not recorded with its action, so a backtest decides with
+same autonomy-mode and risk-zone rules as the gate (`book_decide_compiled`, the function behind
+`book_decide`). A proposal's segment is not recorded with its action, so a backtest decides with
 an empty segment on both sides; kill switches, circuits and budgets are left out: they stop
 actions whatever the book says.
 
@@ -31,15 +31,13 @@ from django.utils import timezone
 from apps.actions.models import Action
 from apps.audit.services import audit_record
 from apps.books.compilation import (
-    MODE_REASONS,
-    RED_ZONE,
-    YELLOW_HELD,
+    book_decide_compiled,
     book_problems,
     compiled_for,
     tool_rules,
 )
-from apps.books.models import AutonomyMode, BookVersion
-from apps.books.policy.engine import ActionFacts, CompiledPolicies, Reason, decide
+from apps.books.models import BookVersion
+from apps.books.policy.engine import ActionFacts, CompiledPolicies, Reason
 from apps.books.selectors import active_version
 from apps.ledger.models import Backtest
 from apps.registry.models import Agent, Tool, Workflow
@@ -84,27 +82,8 @@ class Decider:
     def decide(self, facts: ActionFacts) -> Verdict:
         if self.version is None or self.compiled is None:
             return Verdict("deny", NO_BOOK.policy_id)
-        decision, reasons = _layer(self.version.autonomy_mode, self.compiled, facts)
-        return Verdict(decision, reasons[0].policy_id if reasons else "")
-
-
-def _layer(
-    mode: str, compiled: CompiledPolicies, facts: ActionFacts
-) -> tuple[str, tuple[Reason, ...]]:
-    """The book's decision: the policy's verdict, then the autonomy mode and risk zone on top
-    (as `apps.books.compilation.book_decide`, on policies parsed once)."""
-    verdict = decide(compiled, facts)
-    if mode == AutonomyMode.OBSERVE:
-        return "observe", (MODE_REASONS[AutonomyMode.OBSERVE], *verdict.reasons)
-    if verdict.outcome != "allow":
-        return verdict.outcome, verdict.reasons
-    if facts.tool_zone == "red":
-        return "hold", (RED_ZONE,)
-    if mode == AutonomyMode.ASSIST:
-        return "hold", (MODE_REASONS[AutonomyMode.ASSIST], *verdict.reasons)
-    if facts.tool_zone == "yellow" and mode == AutonomyMode.CONSTRAINED:
-        return "hold", (YELLOW_HELD,)
-    return "allow", verdict.reasons
+        verdict = book_decide_compiled(self.version, self.compiled, facts)
+        return Verdict(verdict.decision, verdict.reasons[0].policy_id if verdict.reasons else "")
 
 
 def facts_of(

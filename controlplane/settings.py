@@ -157,12 +157,22 @@ CELERY_BROKER_URL = _broker.broker_url
 CELERY_RESULT_BACKEND = _broker.result_backend
 CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that loses the broker keeps trying to reconnect for as long as it takes (Celery's
+# default gives up after 100 attempts, about 47 minutes, and the worker exits): when Redis is
+# back, the workers already running take the work again without anyone restarting them.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
 CELERY_TASK_DEFAULT_QUEUE = ENV.get("CELERY_QUEUE", "escapement")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
+# Task results are not kept: the database records every outcome (an action's status and
+# result), and nothing reads them from Redis. Keeping them would also make every send subscribe
+# the sending process to the result's channel first, and while Redis is down that subscription
+# is retried for about 20 seconds before the message is even tried: a proposal would wait that
+# long for its answer. Tasks whose result is read (core.ping) ask for it themselves.
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -176,6 +186,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "action-requeue": {"task": "actions.requeue", "schedule": 30.0},
     # The balance sheet's daily cost rollup (idempotent; see apps/ledger/rollups.py).
     "ledger-cost-rollup": {"task": "ledger.cost_rollup", "schedule": 15 * 60.0},
+    # Folds the action tally's new rows (exact either way; see apps/ledger/tallies.py).
+    "ledger-tally-compact": {"task": "ledger.tally_compact", "schedule": 60.0},
     # SLO breaches and regressions: one alert each, resolved when over.
     "ledger-slo-check": {"task": "ledger.slo_check", "schedule": 60.0},
 }

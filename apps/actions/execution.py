@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -90,6 +91,7 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
 
 
 def action_execute(*, action_id: UUID) -> Outcome:
+    taken = time.perf_counter()
     action = Action.objects.select_related("tool", "workflow", "agent", "book_version").get(
         pk=action_id
     )
@@ -114,7 +116,11 @@ def action_execute(*, action_id: UUID) -> Outcome:
             action.refresh_from_db(fields=["started_at"])
         except IllegalTransition as exc:
             if exc.current == Status.QUEUED:
-                logger.info("action %s not started: a kill switch covers it", action.pk)
+                logger.info(
+                    "action %s not started: a kill switch covers it (refused in %.1f ms)",
+                    action.pk,
+                    (time.perf_counter() - taken) * 1000,
+                )
                 return Outcome(Status.QUEUED, note="held by a kill switch")
             return Outcome(exc.current, note="claimed elsewhere")
     elif action.status != Status.RUNNING:

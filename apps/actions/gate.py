@@ -353,10 +353,21 @@ def _dispatch_on_commit(action: Action) -> None:
     """Hand the action to a worker once the transaction commits. The action is recorded
     `queued` either way: if the broker cannot take the message (Redis down), the proposal is
     still answered and the requeue sweep (apps/actions/requeue.py) sends it again later."""
+    action_id = str(action.pk)
+    transaction.on_commit(lambda: _dispatch(action_id), robust=True)
+
+
+def _dispatch(action_id: str) -> None:
     from apps.actions.tasks import execute_action
 
-    action_id = str(action.pk)
-    transaction.on_commit(lambda: execute_action.delay(action_id), robust=True)
+    try:
+        execute_action.delay(action_id)
+    except Exception as exc:  # noqa: BLE001 (whatever the broker's failure, the action is kept)
+        logger.warning(
+            "broker refused action %s (%s); it stays queued for the requeue sweep",
+            action_id,
+            type(exc).__name__,
+        )
 
 
 def action_enqueue(action: Action, *, actor: str | Any) -> Action:

@@ -21,6 +21,9 @@ class AuditEvent(models.Model):
     target_type = models.CharField(max_length=60)
     target_id = models.CharField(max_length=120)
     subject = models.CharField(max_length=200, blank=True, db_index=True)
+    # The trace of the request or task that made the change (32 hex digits), when tracing is on:
+    # the id its log lines carry and its spans share, so an event leads to them and back.
+    trace_id = models.CharField(max_length=32, blank=True, default="")
     payload = models.JSONField(default=dict)
     payload_digest = models.CharField(max_length=64)
     previous_hash = models.CharField(max_length=64)
@@ -28,7 +31,15 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["sequence"]
-        indexes = [models.Index(fields=["target_type", "target_id", "sequence"])]
+        indexes = [
+            models.Index(fields=["target_type", "target_id", "sequence"]),
+            # Only traced events are looked up by trace; untraced ones cost the index nothing.
+            models.Index(
+                fields=["trace_id", "sequence"],
+                name="audit_event_trace",
+                condition=~models.Q(trace_id=""),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.sequence} {self.verb} {self.target_type}:{self.target_id}"

@@ -26,7 +26,7 @@ def audit_verify(*, batch: int = 5000) -> ChainReport:
     last = 0
     fields = (
         "sequence", "created_at", "actor_type", "actor", "verb", "target_type", "target_id",
-        "subject", "payload", "payload_digest", "previous_hash", "hash",
+        "subject", "trace_id", "payload", "payload_digest", "previous_hash", "hash",
     )  # fmt: skip
     while True:
         rows = list(
@@ -59,6 +59,7 @@ def audit_verify(*, batch: int = 5000) -> ChainReport:
                 subject=row["subject"],
                 digest=row["payload_digest"],
                 previous_hash=row["previous_hash"],
+                trace_id=row["trace_id"],
             )
             if recomputed != row["hash"]:
                 return ChainReport(False, checked, sequence, "its fields do not match its hash")
@@ -77,9 +78,16 @@ def recent_events(*, verb_prefix: str = "", target: str = "") -> QuerySet[AuditE
     return events
 
 
-def flight_record(*, subject: str = "", action_id: str = "") -> QuerySet[AuditEvent]:
-    """Everything that happened to one business object, or to one action, oldest first."""
+def flight_record(
+    *, subject: str = "", action_id: str = "", trace_id: str = ""
+) -> QuerySet[AuditEvent]:
+    """Everything that happened to one business object, or to one action, oldest first; with a
+    trace id, only what the request or task of that trace did (alone: all it did)."""
     events = AuditEvent.objects.order_by("sequence")
+    if trace_id:
+        events = events.filter(trace_id=trace_id)
     if subject:
         return events.filter(subject=subject)
-    return events.filter(target_type="actions.action", target_id=action_id)
+    if action_id:
+        return events.filter(target_type="actions.action", target_id=action_id)
+    return events

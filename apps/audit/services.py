@@ -18,6 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent, ChainHead
+from apps.core.tracing import current_trace_id
 
 GENESIS_HASH = "0" * 64
 
@@ -42,22 +43,26 @@ def event_hash(
     subject: str,
     digest: str,
     previous_hash: str,
+    trace_id: str = "",
 ) -> str:
-    material = "|".join(
-        [
-            str(sequence),
-            created_at.isoformat(),
-            actor_type,
-            actor,
-            verb,
-            target_type,
-            target_id,
-            subject,
-            digest,
-            previous_hash,
-        ]
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
+    """The event's hash. A trace id is covered too, so that no one can later tie an event to
+    another request than the one that made it; it is added only when there is one, so events
+    written without it (before it was kept, or while tracing is off) hash as they always did."""
+    fields = [
+        str(sequence),
+        created_at.isoformat(),
+        actor_type,
+        actor,
+        verb,
+        target_type,
+        target_id,
+        subject,
+        digest,
+        previous_hash,
+    ]
+    if trace_id:
+        fields.append(trace_id)
+    return hashlib.sha256("|".join(fields).encode()).hexdigest()
 
 
 def _actor(actor: AbstractBaseUser | AnonymousUser | str | None) -> tuple[str, str]:
@@ -82,6 +87,7 @@ class _Pending:
     subject: str
     payload: Any
     digest: str
+    trace_id: str
 
 
 _batch: ContextVar[list[_Pending] | None] = ContextVar("audit_batch", default=None)
@@ -134,6 +140,7 @@ def audit_record(
         subject=subject,
         payload=payload,
         digest=payload_digest(payload),
+        trace_id=current_trace_id() or "",
     )
     batch = _batch.get()
     if batch is not None:
@@ -162,6 +169,7 @@ def _append(entries: list[_Pending]) -> list[AuditEvent]:
             subject=entry.subject,
             digest=entry.digest,
             previous_hash=previous,
+            trace_id=entry.trace_id,
         )
         events.append(
             AuditEvent(
@@ -173,6 +181,7 @@ def _append(entries: list[_Pending]) -> list[AuditEvent]:
                 target_type=entry.target_type,
                 target_id=entry.target_id,
                 subject=entry.subject,
+                trace_id=entry.trace_id,
                 payload=entry.payload,
                 payload_digest=entry.digest,
                 previous_hash=previous,

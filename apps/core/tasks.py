@@ -10,7 +10,7 @@ from apps.core.services import heartbeat_record
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="core.ping")
+@shared_task(name="core.ping", ignore_result=False)
 def ping(payload: str = "ping") -> dict[str, str]:
     """Round trip through the broker: proves a worker takes tasks and returns results."""
     return {"echo": payload, "worker": socket.gethostname()}

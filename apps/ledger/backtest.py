@@ -8,13 +8,15 @@ same autonomy-mode and risk-zone rules as the gate (`book_decide_compiled`, the 
 an empty segment on both sides; kill switches, circuits and budgets are left out: they stop
 actions whatever the book says.
 
-Speed: each version's policies are parsed once per run, each agent's and tool's facts read once,
-and the actions are read in one query; the rest is two in-process decisions per action."""
+Speed: the actions are cut into parts of PART_SIZE (by their keys, read in one index scan), and
+each part is a task of its own: every worker decides a share, reading its actions in one query,
+parsing each version's policies once and each agent's and tool's facts once; the rest is two
+in-process decisions per action. Progress moves as parts are recorded; the part that completes
+the set merges the result."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import DurationField, ExpressionWrapper, F, Sum
+from django.db.models import DurationField, ExpressionWrapper, F, Q, Sum
 from django.utils import timezone
 
 from apps.actions.models import Action
@@ -39,7 +41,7 @@ from apps.books.compilation import (
 from apps.books.models import BookVersion
 from apps.books.policy.engine import ActionFacts, CompiledPolicies, Reason
 from apps.books.selectors import active_version
-from apps.ledger.models import Backtest
+from apps.ledger.models import Backtest, BacktestPart
 from apps.registry.models import Agent, Tool, Workflow
 from apps.reviews.models import ReviewItem
 from apps.reviews.models import State as ReviewState
@@ -49,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 200_000
 FLIPS_KEPT = 500
-PROGRESS_EVERY = 2_000
+PART_SIZE = 5_000
 REVIEW_HISTORY_DAYS = 90
 DECISIONS = ("allow", "hold", "deny", "observe")
 NO_BOOK = Reason("no-active-book", "The workflow has no published Decision Book")
@@ -184,46 +186,129 @@ def _hours(minutes: Decimal) -> str:
     return f"{(minutes / 60).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):f}"
 
 
-def backtest_perform(*, backtest_id: UUID) -> Backtest:
-    """Run one backtest, recording its progress as it goes and its result at the end."""
+def _parts(backtest: Backtest) -> list[BacktestPart]:
+    """The newest `limit` actions of the workflow cut into parts of PART_SIZE, each bounded by
+    its newest action's (created_at, id) and the next part's (keys only: one index scan)."""
+    keys = list(
+        Action.objects.filter(workflow=backtest.workflow)
+        .order_by("-created_at", "-pk")
+        .values_list("created_at", "pk")[: backtest.limit]
+    )
+    starts = keys[::PART_SIZE]
+    parts = []
+    for index, (first_at, first_id) in enumerate(starts):
+        stop = starts[index + 1] if index + 1 < len(starts) else (None, None)
+        parts.append(
+            BacktestPart(
+                backtest=backtest,
+                index=index,
+                size=min(PART_SIZE, len(keys) - index * PART_SIZE),
+                first_at=first_at,
+                first_id=first_id,
+                stop_at=stop[0],
+                stop_id=stop[1],
+            )
+        )
+    return parts
+
+
+def backtest_perform(*, backtest_id: UUID, on_workers: bool = False) -> Backtest:
+    """Run one backtest, recording its progress as it goes and its result at the end.
+
+    The actions are decided in parts of PART_SIZE. `on_workers`: each part is a task of its
+    own, so that every worker takes a share (the Celery task does this); otherwise the parts
+    are decided here, one after the other. Either way the part that completes the set merges
+    the result. Running a backtest again (its task delivered twice) starts it over: the parts
+    of the earlier run are deleted, and their messages find nothing to do."""
     backtest = Backtest.objects.select_related("workflow", "draft", "active").get(pk=backtest_id)
     if backtest.finished:
         return backtest
-    started = time.perf_counter()
-    Backtest.objects.filter(pk=backtest.pk).update(
-        state=Backtest.State.RUNNING, started_at=timezone.now(), done=0
-    )
     try:
-        result = _evaluate(backtest)
-    except Exception as exc:  # a backtest must end, even on a defect: say why on the page
-        logger.exception("backtest %s failed", backtest.pk)
+        parts = _parts(backtest)
+    except Exception as exc:  # noqa: BLE001 (a backtest must end, even on a defect: says why)
+        return _fail(backtest, exc)
+    with transaction.atomic():
+        BacktestPart.objects.filter(backtest=backtest).delete()
+        BacktestPart.objects.bulk_create(parts)
         Backtest.objects.filter(pk=backtest.pk).update(
-            state=Backtest.State.FAILED, error=str(exc)[:1000], finished_at=timezone.now()
+            state=Backtest.State.RUNNING,
+            started_at=timezone.now(),
+            done=0,
+            total=sum(part.size for part in parts),
+            parts=len(parts),
+            parts_done=0,
         )
-    else:
-        result["seconds"] = round(time.perf_counter() - started, 3)
-        Backtest.objects.filter(pk=backtest.pk).update(
-            state=Backtest.State.DONE,
-            result=result,
-            done=result["total"],
-            finished_at=timezone.now(),
-        )
+        if on_workers:
+            from apps.ledger.tasks import backtest_part_task
+
+            part_ids = [part.pk for part in parts]
+            transaction.on_commit(
+                lambda: [backtest_part_task.delay(part_id) for part_id in part_ids]
+            )
+    if not parts:
+        _finish(backtest.pk)
+    elif not on_workers:
+        for part in parts:
+            backtest_part_perform(part_id=part.pk)
     backtest.refresh_from_db()
     return backtest
 
 
-def _evaluate(backtest: Backtest) -> dict[str, Any]:
+def _fail(backtest: Backtest, exc: BaseException) -> Backtest:
+    logger.error("backtest %s failed", backtest.pk, exc_info=exc)
+    Backtest.objects.filter(pk=backtest.pk).exclude(state=Backtest.State.DONE).update(
+        state=Backtest.State.FAILED, error=str(exc)[:1000], finished_at=timezone.now()
+    )
+    backtest.refresh_from_db()
+    return backtest
+
+
+def backtest_part_perform(*, part_id: int) -> None:
+    """Decide one part and record it; a part delivered twice is recorded once, and a part of a
+    run started over no longer exists."""
+    part = (
+        BacktestPart.objects.select_related(
+            "backtest", "backtest__workflow", "backtest__draft", "backtest__active"
+        )
+        .filter(pk=part_id)
+        .first()
+    )
+    if part is None or part.backtest.finished:
+        return
+    backtest = part.backtest
+    if part.outcome is None:
+        try:
+            outcome = _evaluate_part(backtest, part)
+        except Exception as exc:  # noqa: BLE001 (the backtest says why it failed)
+            _fail(backtest, exc)
+            return
+        with transaction.atomic():
+            recorded = BacktestPart.objects.filter(pk=part.pk, outcome__isnull=True).update(
+                outcome=outcome
+            )
+            if recorded:
+                Backtest.objects.filter(pk=backtest.pk).update(
+                    done=F("done") + outcome["total"], parts_done=F("parts_done") + 1
+                )
+    _finish(backtest.pk)
+
+
+def _evaluate_part(backtest: Backtest, part: BacktestPart) -> dict[str, Any]:
+    actions = Action.objects.filter(workflow=backtest.workflow).filter(
+        Q(created_at__lt=part.first_at) | Q(created_at=part.first_at, pk__lte=part.first_id)
+    )
+    if part.stop_at is not None:
+        actions = actions.filter(
+            Q(created_at__gt=part.stop_at) | Q(created_at=part.stop_at, pk__gt=part.stop_id)
+        )
+    rows = list(
+        actions.order_by("-created_at", "-pk").values_list(
+            "pk", "agent_id", "tool_id", "params", "confidence", "subject", "created_at"
+        )[: part.size]
+    )
     workflow = backtest.workflow
     draft = Decider(backtest.draft)
     active = Decider(backtest.active)
-    rows = list(
-        Action.objects.filter(workflow=workflow)
-        .order_by("-created_at", "-pk")
-        .values_list("pk", "agent_id", "tool_id", "params", "confidence", "subject", "created_at")[
-            : backtest.limit
-        ]
-    )
-    Backtest.objects.filter(pk=backtest.pk).update(total=len(rows))
     agents = {
         agent.pk: (
             agent.slug,
@@ -242,7 +327,7 @@ def _evaluate(backtest: Backtest) -> dict[str, Any]:
     flipped: list[dict[str, Any]] = []
     flipped_ids: list[UUID] = []
     tz = timezone.get_current_timezone()
-    for index, (pk, agent_id, tool_id, params, confidence, subject, created_at) in enumerate(rows):
+    for pk, agent_id, tool_id, params, confidence, subject, created_at in rows:
         tool = tools[tool_id]
         common: dict[str, Any] = {
             "workflow": workflow.slug,
@@ -253,8 +338,11 @@ def _evaluate(backtest: Backtest) -> dict[str, Any]:
             "subject": subject,
             "at": created_at.astimezone(tz),
         }
-        new = draft.decide(facts_of(zone=draft.zone(tool), currency=draft_currency, **common))
-        old = active.decide(facts_of(zone=active.zone(tool), currency=active_currency, **common))
+        facts = facts_of(zone=draft.zone(tool), currency=draft_currency, **common)
+        new = draft.decide(facts)
+        if active.zone(tool) != facts.tool_zone or active_currency != draft_currency:
+            facts = facts_of(zone=active.zone(tool), currency=active_currency, **common)
+        old = active.decide(facts)  # the same facts when both versions see the tool alike
         counts["draft"][new.decision] += 1
         counts["active"][old.decision] += 1
         if new.decision != old.decision:
@@ -272,26 +360,75 @@ def _evaluate(backtest: Backtest) -> dict[str, Any]:
                         "reason": new.reason,
                     }
                 )
-        if index % PROGRESS_EVERY == PROGRESS_EVERY - 1:
-            Backtest.objects.filter(pk=backtest.pk).update(done=index + 1)
-
-    baseline = backtest.draft.baseline_minutes
-    per_review, basis = _review_minutes(workflow, baseline)
     spend = Decimal(0)
     for start in range(0, len(flipped_ids), 5_000):
         chunk = flipped_ids[start : start + 5_000]
         spend += ModelCall.objects.filter(action_id__in=chunk).aggregate(s=Sum("cost_cents"))[
             "s"
         ] or Decimal(0)
-    active_baseline = backtest.active.baseline_minutes if backtest.active else baseline
     return {
         "total": len(rows),
+        "counts": {side: dict(counts[side]) for side in ("active", "draft")},
+        "moves": dict(moves),
+        "flip_total": len(flipped_ids),
+        "flipped": flipped,
+        "flipped_spend_cents": f"{spend:f}",
+    }
+
+
+def _finish(backtest_id: UUID) -> None:
+    """Merge the parts into the result, once all of them are recorded (whoever gets here first
+    with the set complete; the row lock keeps a second merge out)."""
+    with transaction.atomic():
+        backtest = (
+            Backtest.objects.select_for_update(of=("self",))
+            .select_related("workflow", "draft", "active")
+            .get(pk=backtest_id)
+        )
+        if backtest.finished or backtest.parts_done < backtest.parts:
+            return
+        outcomes: list[dict[str, Any]] = [
+            outcome
+            for outcome in BacktestPart.objects.filter(backtest=backtest)
+            .order_by("index")
+            .values_list("outcome", flat=True)
+            if outcome is not None
+        ]
+        result = _merge(backtest, outcomes)
+        started = backtest.started_at or timezone.now()
+        result["seconds"] = round((timezone.now() - started).total_seconds(), 3)
+        Backtest.objects.filter(pk=backtest.pk).update(
+            state=Backtest.State.DONE,
+            result=result,
+            done=result["total"],
+            total=result["total"],
+            finished_at=timezone.now(),
+        )
+        BacktestPart.objects.filter(backtest=backtest).delete()
+
+
+def _merge(backtest: Backtest, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    counts: dict[str, Counter[str]] = {"draft": Counter(), "active": Counter()}
+    moves: Counter[str] = Counter()
+    flipped: list[dict[str, Any]] = []
+    spend = Decimal(0)
+    for outcome in outcomes:  # newest part first
+        for side in ("active", "draft"):
+            counts[side].update(outcome["counts"][side])
+        moves.update(outcome["moves"])
+        flipped += outcome["flipped"][: FLIPS_KEPT - len(flipped)]
+        spend += Decimal(outcome["flipped_spend_cents"])
+    baseline = backtest.draft.baseline_minutes
+    per_review, basis = _review_minutes(backtest.workflow, baseline)
+    active_baseline = backtest.active.baseline_minutes if backtest.active else baseline
+    return {
+        "total": sum(outcome["total"] for outcome in outcomes),
         "counts": {
             side: {decision: counts[side][decision] for decision in DECISIONS}
             for side in ("active", "draft")
         },
         "moves": dict(sorted(moves.items())),
-        "flip_total": len(flipped_ids),
+        "flip_total": sum(outcome["flip_total"] for outcome in outcomes),
         "flipped": flipped,
         "review_minutes_each": f"{per_review:f}",
         "review_basis": basis,
@@ -305,5 +442,5 @@ def _evaluate(backtest: Backtest) -> dict[str, Any]:
             "draft": _hours(baseline * counts["draft"]["allow"]),
         },
         "flipped_spend_cents": f"{spend:f}",
-        "currency": draft_currency,
+        "currency": backtest.draft.currency,
     }

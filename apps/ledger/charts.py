@@ -23,26 +23,30 @@ LAYOUT: dict[str, Any] = {
 }
 
 
-def _figure(figure: go.Figure, title: str) -> dict[str, Any]:
-    figure.update_layout(title={"text": title, "x": 0}, **LAYOUT)
+def _figure(traces: list[Any], title: str, **layout: Any) -> dict[str, Any]:
+    """The figure as plotly JSON. Built in one go, traces and whole layout: plotly checks every
+    attribute once (each later update would check the figure again)."""
+    figure = go.Figure(data=traces, layout={"title": {"text": title, "x": 0}, **LAYOUT, **layout})
     figure_json: dict[str, Any] = json.loads(figure.to_json())
     return figure_json
 
 
 def spend_chart(sheet: BalanceSheet) -> dict[str, Any]:
     """Model spend per day of the month, one line per workflow."""
-    figure = go.Figure()
-    for slug, days in sorted(sheet.spend_by_day.items()):
-        figure.add_trace(
-            go.Scatter(
-                x=[day.isoformat() for day, _ in days],
-                y=[float(to_major(cents) or 0) for _, cents in days],
-                mode="lines+markers",
-                name=slug,
-            )
+    traces = [
+        go.Scatter(
+            x=[day.isoformat() for day, _ in days],
+            y=[float(to_major(cents) or 0) for _, cents in days],
+            mode="lines+markers",
+            name=slug,
         )
-    figure.update_yaxes(title_text="model spend (major units)", rangemode="tozero")
-    return _figure(figure, f"Model spend per day, {sheet.month:%B %Y}")
+        for slug, days in sorted(sheet.spend_by_day.items())
+    ]
+    return _figure(
+        traces,
+        f"Model spend per day, {sheet.month:%B %Y}",
+        yaxis={"title": {"text": "model spend (major units)"}, "rangemode": "tozero"},
+    )
 
 
 OUTCOMES = (
@@ -57,39 +61,38 @@ OUTCOMES = (
 def outcome_chart(sheet: BalanceSheet) -> dict[str, Any]:
     """What became of the month's actions, per workflow, stacked."""
     rows = [row for row in sheet.rows if row.active]
-    figure = go.Figure()
-    for attribute, label in OUTCOMES:
-        figure.add_trace(
-            go.Bar(
-                x=[row.workflow.slug for row in rows],
-                y=[getattr(row, attribute) for row in rows],
-                name=label,
-            )
+    traces = [
+        go.Bar(
+            x=[row.workflow.slug for row in rows],
+            y=[getattr(row, attribute) for row in rows],
+            name=label,
         )
-    figure.update_layout(barmode="stack")
-    figure.update_yaxes(title_text="actions")
-    return _figure(figure, "Outcome mix")
+        for attribute, label in OUTCOMES
+    ]
+    return _figure(traces, "Outcome mix", barmode="stack", yaxis={"title": {"text": "actions"}})
 
 
 def cost_trend_chart(trend: dict[str, list[TrendPoint]]) -> dict[str, Any]:
     """Cost per successful outcome, month by month, one line per workflow (a gap where a
     month had no success)."""
-    figure = go.Figure()
-    for slug, points in trend.items():
-        figure.add_trace(
-            go.Scatter(
-                x=[point.month.strftime("%Y-%m") for point in points],
-                y=[
-                    float(to_major(point.cost_per_success_cents) or 0)
-                    if point.cost_per_success_cents is not None
-                    else None
-                    for point in points
-                ],
-                mode="lines+markers",
-                name=slug,
-                connectgaps=False,
-            )
+    traces = [
+        go.Scatter(
+            x=[point.month.strftime("%Y-%m") for point in points],
+            y=[
+                float(to_major(point.cost_per_success_cents) or 0)
+                if point.cost_per_success_cents is not None
+                else None
+                for point in points
+            ],
+            mode="lines+markers",
+            name=slug,
+            connectgaps=False,
         )
-    figure.update_xaxes(type="category")
-    figure.update_yaxes(title_text="cost per successful outcome", rangemode="tozero")
-    return _figure(figure, "Cost per successful outcome, last 6 months")
+        for slug, points in trend.items()
+    ]
+    return _figure(
+        traces,
+        "Cost per successful outcome, last 6 months",
+        xaxis={"type": "category"},
+        yaxis={"title": {"text": "cost per successful outcome"}, "rangemode": "tozero"},
+    )

@@ -1,5 +1,5 @@
-"""The ledger's own records: the daily cost rollup behind the Autonomy Balance Sheet, the
-backtests of Decision Book drafts, and the SLO alerts raised for on-call.
+"""The ledger's own records: the daily cost rollup and the action tally behind the Autonomy
+Balance Sheet, the backtests of Decision Book drafts, and the SLO alerts raised for on-call.
 
 Money is Decimal minor units (cents) with six decimal places, as the cost events it sums
 (runtime.ModelCall): the rollup must add up to exactly what the raw records add up to."""
@@ -56,6 +56,37 @@ class RollupMark(models.Model):
         return f"cost rollup until {self.rolled_until}"
 
 
+class ActionTally(models.Model):
+    """How many actions of one workflow, created in one quarter hour, are in one state: a
+    running count kept by the database itself (see `apps/ledger/tallies.py`).
+
+    Rows are deltas (+1 when an action enters a state, -1 when it leaves it) appended by a
+    trigger on the actions table, and folded into one row per key by `tally_compact`. The sum of
+    `n` over any set of keys is always the live count. No foreign keys: the trigger must never
+    lock the rows it refers to."""
+
+    workflow_id = models.BigIntegerField()
+    bucket = models.DateTimeField(help_text="the action's creation time, floored to 15 minutes")
+    book_version_id = models.BigIntegerField(null=True)
+    decision = models.CharField(max_length=8)
+    status = models.CharField(max_length=16)
+    n = models.IntegerField()
+    compacted = models.BooleanField(default=False)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["workflow_id", "bucket"], name="ledger_tally_by_bucket"),
+            models.Index(
+                fields=["workflow_id", "bucket"],
+                condition=Q(compacted=False),
+                name="ledger_tally_fresh",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.bucket} {self.decision}/{self.status}: {self.n:+d}"
+
+
 class Backtest(models.Model):
     """A draft Decision Book decided against the last N recorded actions of its workflow,
     beside the version that was active when it was asked for."""
@@ -79,6 +110,8 @@ class Backtest(models.Model):
     state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED)
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
+    parts = models.PositiveIntegerField(default=0)
+    parts_done = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -101,6 +134,30 @@ class Backtest(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in (self.State.DONE, self.State.FAILED)
+
+
+class BacktestPart(models.Model):
+    """A share of a running backtest's actions, decided by one task: the actions from the one
+    at `first_at`/`first_id` (the newest, included) down to the one at `stop_at`/`stop_id` (the
+    newest of the next part, excluded). `outcome` is written once, when the part is decided;
+    the parts are deleted once merged into the backtest's result."""
+
+    backtest = models.ForeignKey(Backtest, on_delete=models.CASCADE, related_name="+")
+    index = models.PositiveIntegerField()
+    size = models.PositiveIntegerField()
+    first_at = models.DateTimeField()
+    first_id = models.UUIDField()
+    stop_at = models.DateTimeField(null=True)
+    stop_id = models.UUIDField(null=True)
+    outcome = models.JSONField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backtest", "index"], name="one_backtest_part_each")
+        ]
+
+    def __str__(self) -> str:
+        return f"part {self.index} of backtest {self.backtest_id}"
 
 
 class SloAlert(models.Model):

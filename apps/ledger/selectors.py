@@ -24,14 +24,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Sum
 from django.utils import timezone
 
-from apps.actions.models import Action, Decision, Status
+from apps.actions.models import Decision, Status
 from apps.books.models import BookVersion
 from apps.ledger.rollups import local_midnight, spend_by_day
+from apps.ledger.tallies import action_counts
 from apps.registry.models import Workflow
 from apps.reviews.models import ReviewDecision, ReviewItem, Verdict
 from apps.reviews.models import State as ReviewState
@@ -176,57 +176,33 @@ def balance_sheet(month: date) -> BalanceSheet:
     rows = _rows(workflows)
     ids = list(rows)
 
-    executed = Q(status__in=EXECUTED)
-    counts = (
-        Action.objects.filter(workflow_id__in=ids, created_at__gte=start_at, created_at__lt=end_at)
-        .values("workflow_id")
-        .annotate(
-            autonomous=Count("pk", filter=executed & Q(decision=Decision.ALLOW)),
-            after_review=Count("pk", filter=executed & Q(decision=Decision.HOLD)),
-            rejected=Count("pk", filter=Q(status=Status.REJECTED)),
-            expired=Count("pk", filter=Q(status=Status.EXPIRED)),
-            rolled_back=Count("pk", filter=Q(status=Status.ROLLED_BACK)),
-            successful=Count("pk", filter=Q(status=Status.SUCCEEDED)),
-            autonomous_successful=Count(
-                "pk", filter=Q(status=Status.SUCCEEDED, decision=Decision.ALLOW)
-            ),
-        )
-        .order_by()
-    )
+    counts = action_counts(workflow_ids=ids, bounds=[start_at, end_at])
     # Human time saved: autonomous successes counted per governing version, times that
-    # version's baseline (a handful of versions, read once; no join over the month's actions).
-    saved = (
-        Action.objects.filter(
-            workflow_id__in=ids,
-            created_at__gte=start_at,
-            created_at__lt=end_at,
-            status=Status.SUCCEEDED,
-            decision=Decision.ALLOW,
-            book_version__isnull=False,
-        )
-        .values("workflow_id", "book_version_id")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
-    saved_rows = list(saved)
+    # version's baseline (a handful of versions, read once).
     baselines = dict(
         BookVersion.objects.filter(
-            pk__in={row["book_version_id"] for row in saved_rows}
+            pk__in={count.book_version_id for count in counts if count.book_version_id}
         ).values_list("pk", "baseline_minutes")
     )
-    for saved_row in saved_rows:
-        rows[saved_row["workflow_id"]].time_saved_minutes += (
-            baselines[saved_row["book_version_id"]] * saved_row["n"]
-        )
-    for entry in counts:
-        row = rows[entry["workflow_id"]]
-        row.autonomous = entry["autonomous"]
-        row.after_review = entry["after_review"]
-        row.rejected = entry["rejected"]
-        row.expired = entry["expired"]
-        row.rolled_back = entry["rolled_back"]
-        row.successful = entry["successful"]
-        row.autonomous_successful = entry["autonomous_successful"]
+    for count in counts:
+        row = rows[count.workflow_id]
+        if count.status in EXECUTED:
+            if count.decision == Decision.ALLOW:
+                row.autonomous += count.n
+            elif count.decision == Decision.HOLD:
+                row.after_review += count.n
+        if count.status == Status.REJECTED:
+            row.rejected += count.n
+        elif count.status == Status.EXPIRED:
+            row.expired += count.n
+        elif count.status == Status.ROLLED_BACK:
+            row.rolled_back += count.n
+        elif count.status == Status.SUCCEEDED:
+            row.successful += count.n
+            if count.decision == Decision.ALLOW:
+                row.autonomous_successful += count.n
+                if count.book_version_id is not None:
+                    row.time_saved_minutes += baselines[count.book_version_id] * count.n
 
     review = (
         ReviewItem.objects.filter(
@@ -302,36 +278,16 @@ def cost_per_outcome_trend(month: date, *, months: int = 6) -> dict[str, list[Tr
     spend: dict[tuple[int, date], Decimal] = defaultdict(lambda: ZERO)
     for day_spend in spend_by_day(workflow_ids=list(workflows), start=first, end=end):
         spend[(day_spend.workflow_id, day_spend.day.replace(day=1))] += day_spend.cost_cents
-    # One pass over the index (workflow, status, created_at): a count per month, no per-row
-    # time zone arithmetic.
     bounds = [first]
     while bounds[-1] < end:
         bounds.append(next_month(bounds[-1]))
-    per_month = {
-        f"m{index}": Count(
-            "pk",
-            filter=Q(
-                created_at__gte=local_midnight(bounds[index]),
-                created_at__lt=local_midnight(bounds[index + 1]),
-            ),
-        )
-        for index in range(len(bounds) - 1)
-    }
     successes: dict[tuple[int, date], int] = defaultdict(int)
-    monthly: list[Any] = list(
-        Action.objects.filter(
-            workflow_id__in=list(workflows),
-            status=Status.SUCCEEDED,
-            created_at__gte=local_midnight(first),
-            created_at__lt=local_midnight(end),
-        )
-        .values("workflow_id")
-        .annotate(**per_month)
-        .order_by()
-    )
-    for entry in monthly:
-        for index in range(len(bounds) - 1):
-            successes[(entry["workflow_id"], bounds[index])] = entry[f"m{index}"]
+    for count in action_counts(
+        workflow_ids=list(workflows),
+        bounds=[local_midnight(bound) for bound in bounds],
+        statuses=[Status.SUCCEEDED],
+    ):
+        successes[(count.workflow_id, bounds[count.period])] += count.n
     trend: dict[str, list[TrendPoint]] = {}
     for workflow_id, slug in sorted(workflows.items(), key=lambda item: item[1]):
         points = []

@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind
 from apps.accounts.roles import Role
 from apps.actions import connectors
 from apps.actions.models import Action, Status
+from apps.audit.selectors import flight_record
 from apps.core import tracing
 from apps.registry.services import agent_key_create
 from apps.sandbox.demo import sandbox_seed
@@ -123,7 +124,15 @@ def test_trace__proposal_to_sandbox__one_trace_across_web_worker_connector_sandb
     assert sandbox.attributes is not None
     assert sandbox.attributes["http.response.status_code"] == 201
     # ... and the request id the API answered with (in every log line) is that trace id
-    assert answer["X-Request-ID"] == format(trace_ids.pop(), "032x")
+    trace_id = format(trace_ids.pop(), "032x")
+    assert answer["X-Request-ID"] == trace_id
+    # ... and so is the trace id of every event on the action's flight recorder, those the web
+    # wrote and those the worker wrote
+    events = list(flight_record(action_id=action_id).values_list("verb", "trace_id"))
+    assert [verb for verb, _ in events] == [
+        "action.proposed", "action.approved", "action.queued", "action.running", "action.succeeded"
+    ]  # fmt: skip
+    assert {trace for _, trace in events} == {trace_id}
 
 
 @pytest.mark.django_db

@@ -13,8 +13,15 @@ from apps.accounts.roles import Role
 from apps.actions.models import Action
 from apps.books.compilation import action_facts, book_decide
 from apps.books.services import draft_create, draft_update
-from apps.ledger.backtest import Decider, backtest_perform, backtest_request, facts_of
-from apps.ledger.models import Backtest
+from apps.ledger import backtest as backtest_module
+from apps.ledger.backtest import (
+    Decider,
+    backtest_part_perform,
+    backtest_perform,
+    backtest_request,
+    facts_of,
+)
+from apps.ledger.models import Backtest, BacktestPart
 from apps.registry.models import Workflow
 from tests.factories import REFUND_CONTROLS
 from tests.ledger.conftest import World, add_action
@@ -103,6 +110,121 @@ def test_backtest__limit__decides_only_the_newest(world: World) -> None:
     # the two newest: 70000 (deny -> hold) and 6000 (hold -> hold)
     assert result["total"] == 2
     assert result["moves"] == {"deny->hold": 1}
+
+
+@pytest.mark.parametrize("part_size", [1, 2, 4])
+def test_backtest__in_parts__same_result_as_whole(
+    world: World, part_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the crafted actions, plus two at the same instant (parts are cut on (time, id))
+    actions = _actions(world)
+    for amount in (1000, 3000):
+        add_action(
+            world, workflow=world.refunds, status="succeeded", decision="allow",
+            at=WEDNESDAY + timedelta(minutes=10), amount=amount,
+        )  # fmt: skip
+    draft = _draft(world, world.refunds)
+    whole = backtest_perform(
+        backtest_id=backtest_request(
+            workflow=world.refunds, draft=draft, user=world.risk, limit=100
+        ).pk
+    ).result
+    # When the same backtest runs in parts of 1, 2 or 4 actions
+    monkeypatch.setattr(backtest_module, "PART_SIZE", part_size)
+    backtest = backtest_request(workflow=world.refunds, draft=draft, user=world.risk, limit=6)
+    done = backtest_perform(backtest_id=backtest.pk)
+    # Then it decides the six newest once each, with the counts, flips and order of one pass
+    assert done.state == Backtest.State.DONE
+    assert done.parts == -(-6 // part_size)
+    result = done.result
+    assert whole is not None
+    assert result is not None
+    assert whole["total"] == 7
+    assert result["total"] == 6 == done.done
+    assert sum(result["counts"]["active"].values()) == 6
+    oldest = str(actions[0].pk)
+    assert [flip["id"] for flip in result["flipped"]] == [
+        flip["id"] for flip in whole["flipped"] if flip["id"] != oldest
+    ]
+    assert result["moves"] == whole["moves"]
+    assert not BacktestPart.objects.filter(backtest=backtest).exists()  # merged, then gone
+
+
+@pytest.fixture
+def parted(
+    world: World, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> tuple[Backtest, list[BacktestPart]]:
+    """A backtest of the five crafted actions cut into parts of 2, none of them sent yet."""
+    _actions(world)
+    monkeypatch.setattr(backtest_module, "PART_SIZE", 2)
+    backtest = backtest_request(
+        workflow=world.refunds, draft=_draft(world, world.refunds), user=world.risk, limit=100
+    )
+    # The parts are sent to the workers after the commit; here nothing is sent
+    with django_capture_on_commit_callbacks(execute=False):
+        backtest_perform(backtest_id=backtest.pk, on_workers=True)
+    parts = list(BacktestPart.objects.filter(backtest=backtest).order_by("index"))
+    return backtest, parts
+
+
+def test_backtest__part_delivered_twice__recorded_once(
+    parted: tuple[Backtest, list[BacktestPart]],
+) -> None:
+    backtest, parts = parted
+    assert [part.size for part in parts] == [2, 2, 1]
+
+    backtest_part_perform(part_id=parts[0].pk)
+    backtest_part_perform(part_id=parts[0].pk)  # redelivered
+
+    backtest.refresh_from_db()
+    assert (backtest.state, backtest.parts_done, backtest.done, backtest.percent) == (
+        Backtest.State.RUNNING, 1, 2, 40,
+    )  # fmt: skip
+    for part in parts[1:]:
+        backtest_part_perform(part_id=part.pk)
+    backtest.refresh_from_db()
+    assert backtest.state == Backtest.State.DONE
+    assert backtest.result is not None
+    assert backtest.result["total"] == 5
+    assert backtest.result["flip_total"] == 3
+
+
+def test_backtest__started_over__parts_of_the_earlier_run_do_nothing(
+    parted: tuple[Backtest, list[BacktestPart]],
+) -> None:
+    backtest, parts = parted
+    earlier = [part.pk for part in parts]
+    # The run's task is delivered again (its worker died): the backtest starts over
+    done = backtest_perform(backtest_id=backtest.pk)
+    assert done.state == Backtest.State.DONE
+    result = done.result
+    # A late message of the earlier run finds its part gone and changes nothing
+    for part_id in earlier:
+        backtest_part_perform(part_id=part_id)
+    done.refresh_from_db()
+    assert done.result == result
+    assert done.done == 5
+
+
+def test_backtest__part_fails__backtest_failed_with_the_cause(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _actions(world)
+    monkeypatch.setattr(backtest_module, "PART_SIZE", 2)
+    backtest = backtest_request(
+        workflow=world.refunds, draft=_draft(world, world.refunds), user=world.risk, limit=100
+    )
+    monkeypatch.setattr(backtest_module, "facts_of", _broken_facts)
+
+    done = backtest_perform(backtest_id=backtest.pk)
+
+    assert done.state == Backtest.State.FAILED
+    assert "facts could not be read" in done.error
+    assert done.finished_at is not None
+
+
+def _broken_facts(**_: Any) -> Any:
+    raise ValueError("facts could not be read")
 
 
 def test_backtest__decider__agrees_with_book_decide(world: World) -> None:

@@ -1,0 +1,112 @@
+"""The migration that adds the trace id to a trail already holding events, on both databases the
+product runs on: the events stay as they were (with no trace id), and the database still
+refuses to change or remove them afterwards, and after migrating back."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from tests.conftest import ROOT
+
+OLD_EVENT = (
+    "INSERT INTO audit_auditevent (sequence, created_at, actor_type, actor, verb, target_type,"
+    " target_id, subject, payload, payload_digest, previous_hash, hash) VALUES (1,"
+    " '2026-01-05 10:00:00+00:00', 'system', 'system', 'test.event', 'registry.workflow', '1',"
+    " 'order:1042', '{}', 'digest', '0000', 'hash-1')"
+)
+
+Run = Callable[[str], list[tuple[Any, ...]]]
+
+
+def migrate(url: str, target: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "audit", target, "--noinput"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def postgres() -> Iterator[tuple[str, Run]]:
+    """A new, empty PostgreSQL database on the test server; its URL and a way to run SQL."""
+    db = settings.DATABASES["default"]
+    server = {
+        "host": db["HOST"] or "localhost",
+        "port": db["PORT"] or 5432,
+        "user": db["USER"],
+        "password": db["PASSWORD"] or None,
+    }
+    name = f"escapement_migration_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    url = f"postgres://{auth}@{server['host']}:{server['port']}/{name}"
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(dbname=name, autocommit=True, **server) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    try:
+        yield url, run
+    finally:
+        with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> tuple[str, Run]:
+    path = tmp_path / "escapement.sqlite3"
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(path) as conn:
+            return conn.execute(sql).fetchall()
+
+    return f"sqlite:///{path}", run
+
+
+@pytest.mark.parametrize("database", ["postgres", "sqlite"])
+def test_migration__trace_id_added_to_existing_events__trail_stays_append_only(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    url, run = request.getfixturevalue(database)
+    # Given a trail holding an event, written before trace ids were kept
+    migrate(url, "0003")
+    run(OLD_EVENT)
+
+    # When the migration adds the trace id
+    migrate(url, "0004")
+
+    # Then the event is there as it was, with no trace id
+    assert run("SELECT sequence, verb, hash, trace_id FROM audit_auditevent") == [
+        (1, "test.event", "hash-1", "")
+    ]
+    # ... and the database still refuses to change or remove it, and after migrating back too
+    assert_append_only(run)
+    migrate(url, "0003")
+    assert_append_only(run)
+
+
+def assert_append_only(run: Run) -> None:
+    for statement in (
+        "UPDATE audit_auditevent SET actor = 'mallory'",
+        "DELETE FROM audit_auditevent",
+    ):
+        with pytest.raises(Exception, match="append-only"):
+            run(statement)
+    assert run("SELECT sequence, actor FROM audit_auditevent") == [(1, "system")]

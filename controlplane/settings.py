@@ -197,6 +197,10 @@ SLO_REGRESSION_POINTS = 0.10
 # An action still `queued` this long after it was queued (its message lost, say while the broker
 # was down) is sent to the workers again by the requeue sweep (apps/actions/requeue.py).
 ACTION_REQUEUE_AFTER_SECONDS = env_int(ENV, "ACTION_REQUEUE_AFTER_SECONDS", 60)
+# A worker running an action holds its lease for the tool's timeout plus this margin (for the
+# connection, the database statements around the call, a slow host); apps/actions/execution.py
+# explains the choice.
+ACTION_LEASE_MARGIN_SECONDS = env_float(ENV, "ACTION_LEASE_MARGIN_SECONDS", 30.0)
 # A review item past its SLA deadline is escalated; this many minutes later, still undecided,
 # it expires (its action never runs).
 REVIEW_EXPIRE_AFTER_MINUTES = env_int(ENV, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)

@@ -2,8 +2,10 @@
 
 A worker claims an action (queued -> running) with one conditional UPDATE that also checks the
 kill switches, so two workers never run one action and no action starts under an engaged switch.
-The downstream call carries the action's own idempotency key, so a redelivered task (a worker
-killed mid-call, say) repeats the call harmlessly and the action ends once."""
+The claim also gives the worker the action's execution lease (see `lease_seconds`): while it
+holds it, no other delivery of the same action calls the system of record. The downstream call
+carries the action's own idempotency key, so a delivery that takes over an expired lease (its
+worker killed mid-call, say) repeats the call harmlessly and the action ends once."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q
+from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -30,6 +35,7 @@ from apps.actions.states import Actor, IllegalTransition, transition
 from apps.core.metrics import EXECUTIONS
 from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
+from apps.registry.models import Tool
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +51,6 @@ class Outcome:
 
 def _switch_engaged() -> Exists:
     """An engaged switch covering the action in the outer query (for the claim's WHERE)."""
-    from django.db.models import Q
-
     return Exists(
         KillSwitch.objects.filter(released_at__isnull=True).filter(
             Q(scope=Scope.GLOBAL)
@@ -55,6 +59,77 @@ def _switch_engaged() -> Exists:
             | Q(scope=Scope.TOOL, target=OuterRef("tool__slug"))
         )
     )
+
+
+# A delivery that finds the lease held comes back this long after the lease's end, so that it
+# does not arrive a hair before it (the database's clock decides, not the worker's).
+LEASE_SLACK_SECONDS = 0.5
+
+
+def lease_seconds(tool: Tool) -> float:
+    """How long a worker holds a running action: one attempt, the tool's timeout plus
+    ACTION_LEASE_MARGIN_SECONDS (30 s by default).
+
+    One attempt is the claim (or take-over), the call to the system of record and the statement
+    that records its outcome. The call is bounded by the tool's timeout (urllib3's read timeout;
+    the connect timeout, at most 5 s, and the database statements around the call fit in the
+    margin), so a live worker is done with the lease well before it ends, and it gives it back
+    early when it schedules a retry. A lease that is too short costs little: a second delivery
+    takes it over while the first call is still in flight, and the downstream idempotency key
+    keeps that second call from having a second effect (in-process tools have no timeout at
+    all; they rely on that key alone). A lease that is too long only delays the completion of an
+    action whose worker died: the next delivery waits for the lease to end. Kombu hands a dead
+    worker's message to another only after the visibility timeout (an hour by default), long
+    after the lease has ended, and the requeue sweep re-sends such an action sooner, once its
+    lease has been over for ACTION_REQUEUE_AFTER_SECONDS.
+
+    The lease's end is computed by the database (`now() + interval`) in the UPDATE that takes
+    it, and compared with the database's clock, so no worker's clock enters the decision."""
+    return tool.timeout_seconds + float(settings.ACTION_LEASE_MARGIN_SECONDS)
+
+
+def _lease_end(tool: Tool) -> ExpressionWrapper[CombinedExpression]:
+    return ExpressionWrapper(
+        Now() + timedelta(seconds=lease_seconds(tool)), output_field=DateTimeField()
+    )
+
+
+def _lease_take_over(action: Action) -> Outcome | None:
+    """Take the lease of a running action whose lease has ended (or that has none): one
+    conditional UPDATE, so of two deliveries only one wins. None when taken; otherwise the
+    outcome for this delivery: come back when the holder's lease ends, or stop if it finished."""
+    taken = (
+        Action.objects.filter(pk=action.pk, status=Status.RUNNING)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=Now()))
+        .update(lease_expires_at=_lease_end(action.tool))
+    )
+    if taken:
+        # The previous holder may have counted an attempt since this delivery read the row.
+        action.refresh_from_db(fields=["lease_expires_at", "attempts"])
+        return None
+    current = (
+        Action.objects.filter(pk=action.pk)
+        .annotate(left=F("lease_expires_at") - Now())
+        .values_list("status", "left")
+        .get()
+    )
+    status, left = current
+    if status != Status.RUNNING:
+        return Outcome(status, note="finished by another delivery")
+    wait = max(left.total_seconds(), 0.0) + LEASE_SLACK_SECONDS
+    logger.info(
+        "action %s is being run by another worker: not called, back in %.1f s", action.pk, wait
+    )
+    return Outcome(Status.RUNNING, retry_after=wait, note="leased by another worker")
+
+
+def _lease_release(action: Action) -> None:
+    """Give the lease back at once (its end set to now), so the retry's delivery can take it.
+    Only this worker's own lease: if it ran out and another worker took it over, that one's
+    stays. (The end, set by the database to the microsecond, identifies the lease.)"""
+    Action.objects.filter(
+        pk=action.pk, status=Status.RUNNING, lease_expires_at=action.lease_expires_at
+    ).update(lease_expires_at=Now())
 
 
 def backoff(attempt: int) -> float:
@@ -112,8 +187,9 @@ def action_execute(*, action_id: UUID) -> Outcome:
                     actor="system:worker",
                     also=~_switch_engaged(),
                     started_at=Now(),
+                    lease_expires_at=_lease_end(action.tool),
                 )
-            action.refresh_from_db(fields=["started_at"])
+            action.refresh_from_db(fields=["started_at", "lease_expires_at"])
         except IllegalTransition as exc:
             if exc.current == Status.QUEUED:
                 logger.info(
@@ -123,7 +199,13 @@ def action_execute(*, action_id: UUID) -> Outcome:
                 )
                 return Outcome(Status.QUEUED, note="held by a kill switch")
             return Outcome(exc.current, note="claimed elsewhere")
-    elif action.status != Status.RUNNING:
+    elif action.status == Status.RUNNING:
+        # Another delivery of a running action (a duplicate message, a retry, the redelivery
+        # after a worker died, the requeue sweep) continues it only once it holds the lease.
+        held = _lease_take_over(action)
+        if held is not None:
+            return held
+    else:
         return Outcome(action.status, note="not runnable")
 
     tool = action.tool
@@ -152,6 +234,7 @@ def action_execute(*, action_id: UUID) -> Outcome:
             logger.warning("circuit opened for %s: %s", tool.slug, failure.message)
         if action.attempts <= tool.max_retries and not opened:
             EXECUTIONS.labels("retry").inc()
+            _lease_release(action)
             return Outcome(
                 Status.RUNNING, retry_after=backoff(action.attempts), note=failure.message
             )

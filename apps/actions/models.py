@@ -83,6 +83,13 @@ class Action(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
+    # The execution lease of a running action: the worker that claimed it (or took it over) is
+    # its only caller until this time, by the database's clock. apps/actions/execution.py says
+    # how long a lease lasts and why.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When the requeue sweep last sent it to the workers again (NULL: never), so that it sends
+    # one action at most once per ACTION_REQUEUE_AFTER_SECONDS.
+    resent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

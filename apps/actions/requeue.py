@@ -1,14 +1,24 @@
-"""Sending stale queued actions to the workers again.
+"""Sending stale queued actions, and running actions whose worker is gone, to the workers again.
 
 An allowed action is written `queued` in the gate's transaction and its message is sent to the
 broker after the commit. When the broker cannot take it (Redis down, a network cut) the
 proposal is still answered and nothing is lost: the action stays `queued` in the database, and
 this sweep, run by the scheduler, sends every action queued for longer than
 ACTION_REQUEUE_AFTER_SECONDS again. The database is the record of what must run; the broker
-only carries reminders. A message sent twice is harmless: the claim (queued -> running, one
-conditional UPDATE) lets one delivery run the action, and the downstream idempotency key makes
-a repeated call to the system of record a no-op. Actions held back by an engaged kill switch
-are left alone; releasing the switch sends them."""
+only carries reminders. (So no transactional outbox: the actions table already is one.)
+
+A running action whose worker died may have lost its message too (Redis restarted without
+it). Its execution lease (apps/actions/execution.py) tells: a worker holds it for one attempt
+and gives it back when it schedules a retry, so a lease over for ACTION_REQUEUE_AFTER_SECONDS is
+an action nobody is working on. The sweep sends those again as well.
+
+A message sent twice is harmless: the claim (queued -> running, one conditional UPDATE) lets
+one delivery start the action, the lease lets one delivery at a time call the system of record,
+and the downstream idempotency key makes a repeated call a no-op. Still, a message may be late
+rather than lost (a backlog longer than the threshold), so the sweep sends one action at most
+once per ACTION_REQUEUE_AFTER_SECONDS (`resent_at`) instead of on every run. Actions held back
+by an engaged kill switch are left alone; releasing the switch sends the queued ones, and the
+sweep the running ones."""
 
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.actions.execution import _switch_engaged
@@ -37,25 +48,46 @@ def actions_requeue(now: datetime | None = None) -> RequeueReport:
 
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.ACTION_REQUEUE_AFTER_SECONDS)
+    queued = Q(status=Status.QUEUED, queued_at__lt=stale_before)
+    # (No lease at all: started before leases existed; its start time stands in.)
+    abandoned = Q(status=Status.RUNNING) & (
+        Q(lease_expires_at__lt=stale_before)
+        | Q(lease_expires_at__isnull=True, started_at__lt=stale_before)
+    )
+    not_sent_lately = Q(resent_at__isnull=True) | Q(resent_at__lt=stale_before)
     stale = list(
-        Action.objects.filter(status=Status.QUEUED, queued_at__lt=stale_before)
+        Action.objects.filter(queued | abandoned)
+        .filter(not_sent_lately)
         .filter(~_switch_engaged())
         .order_by("queued_at")
-        .values_list("pk", flat=True)[:BATCH]
+        .values_list("pk", "status")[:BATCH]
     )
-    sent = 0
-    for action_id in stale:
+    sent: list[tuple[object, str]] = []
+    failed = 0
+    for action_id, status in stale:
         try:
             execute_action.delay(str(action_id))
         except Exception as exc:  # noqa: BLE001 (the broker is down: try again next sweep)
+            failed = len(stale) - len(sent)
             logger.warning(
                 "requeue: broker refused action %s (%s); %d left for the next sweep",
                 action_id,
                 type(exc).__name__,
-                len(stale) - sent,
+                failed,
             )
-            return RequeueReport(sent=sent, failed=len(stale) - sent)
-        sent += 1
+            break
+        sent.append((action_id, status))
     if sent:
-        logger.info("requeue: sent %d stale queued action(s) to the workers again", sent)
-    return RequeueReport(sent=sent, failed=0)
+        Action.objects.filter(pk__in=[action_id for action_id, _ in sent]).update(resent_at=now)
+    running = sum(1 for _, status in sent if status == Status.RUNNING)
+    if len(sent) > running:
+        logger.info(
+            "requeue: sent %d stale queued action(s) to the workers again", len(sent) - running
+        )
+    if running:
+        logger.warning(
+            "requeue: sent %d running action(s) whose lease ended to the workers again "
+            "(their worker stopped, their message lost)",
+            running,
+        )
+    return RequeueReport(sent=len(sent), failed=failed)

@@ -83,3 +83,60 @@ def test_requeue_leaves_actions_a_kill_switch_holds(
 
 def test_requeue_runs_from_the_scheduler(settings: Any) -> None:
     assert settings.CELERY_BEAT_SCHEDULE["action-requeue"]["task"] == "actions.requeue"
+
+
+def test_requeue__same_stale_action__sent_again_at_most_once_per_threshold(
+    book: BookVersion,
+    key: IssuedKey,
+    django_capture_on_commit_callbacks: CaptureCallbacks,
+    enqueued: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an action queued long ago whose message has not been run (a backlog, or lost)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = propose(Client(), key.key, proposal_body())
+    action_id = response.json()["id"]
+    sent: list[Any] = []
+    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    later = timezone.now() + timedelta(seconds=61)
+
+    # When the sweep runs every 30 s
+    reports = [actions_requeue(later + timedelta(seconds=30 * n)) for n in range(4)]
+
+    # Then it sends the action again once per ACTION_REQUEUE_AFTER_SECONDS (60 s), not each time
+    assert [report.sent for report in reports] == [1, 0, 0, 1]
+    assert sent == [action_id, action_id]
+    assert Action.objects.get(pk=action_id).resent_at == later + timedelta(seconds=90)
+
+
+def test_requeue__running_actions__only_those_whose_lease_ended_long_ago_sent_again(
+    book: BookVersion,
+    key: IssuedKey,
+    django_capture_on_commit_callbacks: CaptureCallbacks,
+    enqueued: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given three running actions: one whose lease ended two minutes ago (its worker died and
+    # its message is lost), one whose lease ended a moment ago (its retry is on its way), and
+    # one still leased (its worker is calling the tool)
+    now = timezone.now()
+    ids = []
+    for n, lease_end in enumerate(
+        [now - timedelta(minutes=2), now - timedelta(seconds=5), now + timedelta(seconds=30)]
+    ):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = propose(Client(), key.key, proposal_body(idempotency_key=f"lease-{n}"))
+        ids.append(response.json()["id"])
+        Action.objects.filter(pk=ids[-1]).update(
+            status=Status.RUNNING, started_at=now - timedelta(minutes=3), lease_expires_at=lease_end
+        )
+    sent: list[Any] = []
+    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+
+    # When the sweep runs, and runs again 30 s later
+    first = actions_requeue(now)
+    second = actions_requeue(now + timedelta(seconds=30))
+
+    # Then only the abandoned one is sent, once
+    assert (first.sent, second.sent) == (1, 0)
+    assert sent == [ids[0]]

@@ -6,6 +6,8 @@ Why one refund and not zero or two:
   another worker once the visibility timeout has passed: the action is not lost;
 - the claim: queued -> running is one conditional UPDATE, so the redelivered task finds the
   action running (not queued) and only resumes it; no second claim, no second "running";
+- the lease: the claim gave the dead worker the action's execution lease, so the redelivered
+  task resumes it only once that lease has ended (had it not, it would come back then);
 - the downstream idempotency key: every call for the action carries `esc-<action id>`, so the
   sandbox answers the resumed call with the stored answer of the first (whose effect landed even
   though its caller died) instead of refunding again: the effect happens once.
@@ -43,13 +45,24 @@ from tests.execution.conftest import (
 # queue: the tests before this one leave none behind.)
 VISIBILITY_TIMEOUT = 3
 SLOW_SANDBOX_MS = 2_000
+# The lease is the tool's timeout plus the margin: 5 + 1 = 6 s here. As in production (40 s by
+# default, against a visibility timeout of an hour), it has ended by the time the message comes
+# back (the visibility timeout, then a worker's start), so the redelivery takes it over at once.
+# (test_leases.py has a second delivery arrive while a dead worker's lease still runs.)
+TOOL_TIMEOUT_SECONDS = 5.0
+LEASE_MARGIN_SECONDS = 1
 
 
 @pytest.mark.django_db(transaction=True)
 def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
     world: World, own_queue: str, sandbox_requests: list[SandboxRequest]
 ) -> None:
-    env = {"CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    env = {
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        "ACTION_LEASE_MARGIN_SECONDS": str(LEASE_MARGIN_SECONDS),
+    }
+    world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
+    world.tool.save()
     workers: list[Worker] = []
     try:
         # Given a worker whose prefork child runs the task, and a sandbox slow enough that the
@@ -59,6 +72,9 @@ def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
         action = propose_refund(world, amount_cents=3_000)
         running = wait_for_status(action, Status.RUNNING, timeout=15)
         assert running.started_at is not None
+        assert running.lease_expires_at is not None
+        lease = running.lease_expires_at - running.started_at
+        assert lease.total_seconds() == TOOL_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS
         deadline = time.monotonic() + 10
         while not calls_with(sandbox_requests, f"esc-{action.pk}"):
             assert time.monotonic() < deadline, "the worker's call never reached the sandbox"
@@ -87,6 +103,9 @@ def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
         assert done.result is not None
         assert done.result["refund_id"] == refunds[0].pk
         assert effect_count(f"esc-{action.pk}") == 1
+        # ... the second worker called only once the dead worker's lease had ended
+        assert done.finished_at is not None
+        assert done.finished_at >= running.lease_expires_at
         # ... though the sandbox was called twice, once by each worker: the key made it one
         assert calls_with(sandbox_requests, f"esc-{action.pk}") == 2
         assert done.attempts == 2

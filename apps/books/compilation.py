@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from threading import Lock
 from typing import Any
 
@@ -108,10 +109,11 @@ _cache_lock = Lock()
 
 def compiled_for(version: BookVersion) -> CompiledPolicies:
     """The parsed policy set of a version. Published versions never change, so theirs is kept
-    for the life of the process; a draft is compiled afresh each time."""
+    for the life of the process; a draft is compiled afresh from its content each time, and
+    parsed again only when that content changed (a backtest asks once per part)."""
     if version.is_draft:
         text, _ = book_compile(version)
-        return CompiledPolicies(text, _params(version))
+        return _compiled_text(text, tuple(sorted(_params(version).items())))
     compiled = _cache.get(version.pk)
     if compiled is None:
         with _cache_lock:
@@ -120,6 +122,11 @@ def compiled_for(version: BookVersion) -> CompiledPolicies:
                 compiled = CompiledPolicies(version.policy_text, _params(version))
                 _cache[version.pk] = compiled
     return compiled
+
+
+@lru_cache(maxsize=16)
+def _compiled_text(text: str, params: tuple[tuple[str, str], ...]) -> CompiledPolicies:
+    return CompiledPolicies(text, dict(params))
 
 
 @dataclass(frozen=True)

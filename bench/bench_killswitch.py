@@ -230,9 +230,9 @@ class Cycle:
     refused: int
     started_after: int
     undelivered: int
-    # Of every_worker_refuses_us, for the slower worker's first refusal: the time its task took
-    # from being handed the action to refusing it (the rest: waiting for a thread to finish
-    # what it had started before the engage, and the message's way to the thread).
+    # For the slower worker's first refusal: the time its task took from being handed the action
+    # to refusing it. Longer than every_worker_refuses_us when the claim began before the commit
+    # and waited at the fence; shorter by the time a thread spent finishing earlier work.
     refusal_took_us: float | None = None
 
 
@@ -395,8 +395,8 @@ def main() -> list[dict[str, Any]]:
             met=worst < TARGET_US,
         ),
         _row(
-            "  of which the refusal itself: the slower worker's task, handed the action -> "
-            "refused (the rest: its threads finishing what they started before)",
+            "  the slower worker's first refusal: its task, handed the action -> refused "
+            "(from before the commit when the claim waited at the fence during the engage)",
             [cycle.refusal_took_us for cycle in cycles if cycle.refusal_took_us is not None],
         ),
         {

@@ -29,40 +29,46 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import math
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import override_settings
-from kombu import Queue
 
-from apps.accounts.roles import Role
-from apps.accounts.services import user_create
 from apps.actions.models import Action, Status
-from apps.books.models import BookVersion
-from apps.registry.models import Agent, Tool, Workflow
+from apps.registry.models import Tool, Workflow
 from apps.registry.services import agent_key_create
+from bench.harness import BenchFailure as BenchFailure
+from bench.harness import (
+    active,
+    bench_user,
+    celery_worker,
+    check_services,
+    gunicorn,
+    migrate,
+    percentile,
+    post,
+    post_on,
+    published,
+    purge,
+    refund_world,
+    server_env,
+)
 from bench.server.bare import TABLE_DDL
 from controlplane.celery import app as celery_app
-from tests.factories import REFUND_CONTROLS, make_agent, make_published_book, make_tool
+from tests.factories import make_agent
 
-ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ
 
 SECONDS = float(ENV.get("BENCH_GATE_SECONDS", "10"))
@@ -106,11 +112,6 @@ NOOP_CONTROLS: dict[str, Any] = {
     "autonomy_mode": "autonomous",
     "currency": "EUR",
 }
-BENCH_PASSWORD = "bench-only, never signed in with"  # noqa: S105
-
-
-class BenchFailure(RuntimeError):
-    """The benchmark could not measure what it set out to (a server, a worker, a bad answer)."""
 
 
 # --- Setup ---------------------------------------------------------------------------------
@@ -122,58 +123,25 @@ class Fixture:
     noop_key: str
 
 
+# The review queue and ledger benchmarks set up through these names.
+_user = bench_user
+_server_env = server_env
+
+
 def _check_services() -> None:
-    if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
-        raise BenchFailure(
-            "DATABASE_URL: the gate benchmark needs PostgreSQL; run it through `make bench` "
-            "(scripts/test-services.sh starts one)"
-        )
-    if settings.BROKER_EMBEDDED:
-        raise BenchFailure(
-            "REDIS_URL: the gate benchmark needs Redis; run it through `make bench` "
-            "(scripts/test-services.sh starts one)"
-        )
+    check_services("gate benchmark")
 
 
 def _migrate(env: dict[str, str]) -> None:
-    # As the server will see the database: through manage.py with the benchmark's settings.
-    done = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchFailure(f"migrate failed:\n{done.stdout}{done.stderr}")
+    migrate(env)
     with connection.cursor() as cursor:
         cursor.execute(TABLE_DDL)
 
 
-def _user(username: str, role: Role) -> User:
-    existing = User.objects.filter(username=username).first()
-    return existing or user_create(
-        username=username, password=BENCH_PASSWORD, roles=[role], check_password=False
-    )
-
-
-def _published(workflow: Workflow, author: User, values: dict[str, Any]) -> None:
-    if not BookVersion.objects.filter(
-        workflow=workflow, status=BookVersion.Status.PUBLISHED
-    ).exists():
-        make_published_book(workflow=workflow, author=author, values=values, note="benchmark")
-
-
 def _fixture() -> Fixture:
     """The registry and books the benchmark acts on; found again when they exist already."""
-    risk = _user("bench-risk", Role.RISK)
-    admin = _user("bench-admin", Role.ADMIN)
-
-    refunds = Workflow.objects.get_or_create(slug="refunds", defaults={"name": "Refunds"})[0]
-    refund_bot = make_agent(owner=admin, workflows=[refunds], tools=[make_tool()])
-    _published(refunds, risk, REFUND_CONTROLS)
+    refunds = refund_world()
+    admin = refunds.admin
 
     noop_flow = Workflow.objects.get_or_create(
         slug="bench-noop", defaults={"name": "Benchmark no-op"}
@@ -190,15 +158,10 @@ def _fixture() -> Fixture:
         },
     )[0]
     noop_bot = make_agent("noop-bot", owner=admin, workflows=[noop_flow], tools=[noop_tool])
-    _published(noop_flow, risk, NOOP_CONTROLS)
-
-    for agent in (refund_bot, noop_bot):
-        if agent.status != Agent.Status.ACTIVE:
-            raise BenchFailure(
-                f"agent {agent.slug} is {agent.status}; the benchmark needs it active"
-            )
+    published(noop_flow, refunds.risk, NOOP_CONTROLS)
+    active(noop_bot)
     return Fixture(
-        refund_key=agent_key_create(agent=refund_bot, actor=admin, label="benchmark").key,
+        refund_key=agent_key_create(agent=refunds.agent, actor=admin, label="benchmark").key,
         noop_key=agent_key_create(agent=noop_bot, actor=admin, label="benchmark").key,
     )
 
@@ -206,89 +169,21 @@ def _fixture() -> Fixture:
 # --- Processes -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
-
-@contextmanager
-def _started(command: Sequence[str], env: dict[str, str], log: Path) -> Iterator[Path]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        yield log
-    finally:
-        _stop(process)
-
-
-def _server_env(queue: str) -> dict[str, str]:
-    return {
-        **ENV,
-        "DJANGO_SETTINGS_MODULE": "bench.server.settings",
-        "DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-        "LOG_FORMAT": "text",
-        "CELERY_QUEUE": queue,
-    }
-
-
 @contextmanager
 def _gunicorn(env: dict[str, str], logs: Path, key: str) -> Iterator[int]:
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "gunicorn", "controlplane.wsgi:application",
-        "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
-        "--workers", str(WORKERS), "--threads", str(THREADS),
-        "--log-level", "warning", "--timeout", "60", "--graceful-timeout", "5",
-    ]  # fmt: skip
-    with _started(command, env, logs / "gunicorn.log") as log:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, _ = _post(port, "/bench/insert", key, REFUND)
-            except OSError:
-                status = 0
-            if status == 201:
-                break
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"gunicorn did not answer 201 within 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield port
+    def ready(port: int) -> bool:
+        return post(port, "/bench/insert", key, REFUND)[0] == 201
+
+    with gunicorn(
+        env, logs / "gunicorn.log", workers=WORKERS, threads=THREADS, ready=ready
+    ) as served:
+        yield served.port
 
 
 @contextmanager
 def _worker(env: dict[str, str], logs: Path, queue: str) -> Iterator[None]:
-    node = f"{queue}@localhost"
-    command = [
-        sys.executable, "-m", "celery", "-A", "controlplane", "worker",
-        "--pool", EXEC_POOL, "--concurrency", "2", "--hostname", node, "--queues", queue,
-        "--loglevel", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat",
-    ]  # fmt: skip
-    with _started(command, env, logs / "worker.log") as log:
-        deadline = time.monotonic() + 60
-        while not celery_app.control.ping(destination=[node], timeout=0.5):
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"the worker did not answer within 60 s:\n{log.read_text()}")
+    with celery_worker(env, logs / "worker.log", queue, name=queue, pool=EXEC_POOL, concurrency=2):
         yield
-
-
-def _purge(queue: str) -> None:
-    with celery_app.connection_for_write() as conn:
-        Queue(queue)(conn.default_channel).purge()
 
 
 def _wrk() -> str:
@@ -317,28 +212,6 @@ def _wrk() -> str:
 
 
 # --- Load ----------------------------------------------------------------------------------
-
-
-def _post(port: int, path: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        return _post_on(conn, path, key, body)
-    finally:
-        conn.close()
-
-
-def _post_on(
-    conn: http.client.HTTPConnection, path: str, key: str, body: dict[str, Any]
-) -> tuple[int, dict[str, Any]]:
-    conn.request(
-        "POST",
-        path,
-        body=json.dumps(body),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    response = conn.getresponse()
-    data = response.read()
-    return response.status, json.loads(data) if data else {}
 
 
 # wrk's summary as one JSON line (latencies in microseconds, from wrk's own histogram).
@@ -499,7 +372,7 @@ def _proposal_to_done(port: int, key: str, n: int) -> Stages:
     ids = []
     try:
         for i in range(n):
-            status, body = _post_on(
+            status, body = post_on(
                 conn,
                 "/api/v1/actions",
                 key,
@@ -539,12 +412,6 @@ def _proposal_to_done(port: int, key: str, n: int) -> Stages:
 # --- Rows ----------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    # Nearest rank, as bench_policy.py.
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def _load_row(case: str, load: Load, **extra: Any) -> dict[str, Any]:
     return {
         "bench": "gate",
@@ -581,7 +448,7 @@ def main() -> list[dict[str, Any]]:
     wrk = _wrk()
     run_id = uuid.uuid4().hex[:8]
     queue = f"bench-{run_id}"
-    env = _server_env(queue)
+    env = server_env(queue)
     _migrate(env)
     fixture = _fixture()
 
@@ -594,7 +461,7 @@ def main() -> list[dict[str, Any]]:
         try:
             with _gunicorn(env, logs, fixture.refund_key) as port:
                 # wrk counts any 2xx as success: make sure this is the allow path, once.
-                status, body = _post(port, "/api/v1/actions", fixture.refund_key, REFUND)
+                status, body = post(port, "/api/v1/actions", fixture.refund_key, REFUND)
                 if (status, body.get("decision"), body.get("status")) != (201, "allow", "queued"):
                     raise BenchFailure(f"the refund is not on the allow path: {status} {body}")
                 loads: dict[tuple[str, int], Load] = {}
@@ -642,7 +509,7 @@ def main() -> list[dict[str, Any]]:
                         )
                     )
 
-                _purge(queue)
+                purge(queue)
                 with _worker(env, logs, queue):
                     _proposal_to_done(port, fixture.noop_key, EXEC_WARMUP)
                     stages = _proposal_to_done(port, fixture.noop_key, EXEC_N)
@@ -662,6 +529,6 @@ def main() -> list[dict[str, Any]]:
                 ):
                     rows.append(_sample_row(f"  of which {case}", leg))
         finally:
-            _purge(queue)
+            purge(queue)
             celery_app.conf.task_default_queue = default_queue
     return rows

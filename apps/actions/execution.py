@@ -32,6 +32,7 @@ from apps.actions.breaker import (
 from apps.actions.connectors import ConnectorFailure, call_tool, call_undo
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition
+from apps.audit.services import audit_batch
 from apps.core.metrics import EXECUTIONS
 from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
@@ -144,7 +145,7 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
 
     owner = action.book_version.escalation_owner_id if action.book_version else None
     try:
-        with transaction.atomic():
+        with transaction.atomic(), audit_batch():  # the chain head last (see action_execute)
             transition(
                 action,
                 Status.FAILED,
@@ -241,7 +242,10 @@ def action_execute(*, action_id: UUID) -> Outcome:
         return _escalate_failure(action, f"{failure.message} (after {action.attempts} attempt(s))")
     circuit_success(tool)
     try:
-        with transaction.atomic():
+        # The audit events are appended when the block ends, after the review queue's tally
+        # (a spot check) is moved: the chain's head is taken last, in the order the gate takes
+        # the two when it holds a proposal, so the two never wait for each other in a cycle.
+        with transaction.atomic(), audit_batch():
             transition(
                 action,
                 Status.SUCCEEDED,

@@ -19,7 +19,7 @@ from django.utils import timezone
 from apps.actions.gate import action_enqueue, action_retry, params_errors
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition
-from apps.audit.services import audit_record
+from apps.audit.services import audit_batch, audit_record
 from apps.books.compilation import zone_of
 from apps.reviews.models import Kind, QueueTally, ReviewDecision, ReviewItem, State, Verdict
 
@@ -335,7 +335,9 @@ def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionRes
     at once; reject ends it. Fallback of an action that could not run: approve runs it again
     as a new action. Spot check of an executed action: approve confirms it, reject records the
     rework."""
-    with transaction.atomic():
+    # Audit events appended when the block ends, after the queue's tally moved: the chain's
+    # head is always taken last (as the gate does), so no two transactions wait in a cycle.
+    with transaction.atomic(), audit_batch():
         item = _locked(item_id)
         action = item.action
         if not item.is_open:
@@ -465,7 +467,7 @@ def reviews_sweep(now: datetime | None = None) -> SweepReport:
         "pk", flat=True
     )
     for item_id in list(stale[:500]):
-        with transaction.atomic():
+        with transaction.atomic(), audit_batch():  # the chain head last, as in review_decide
             item = _locked(item_id)
             if not item.is_open:
                 continue

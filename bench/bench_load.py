@@ -10,7 +10,8 @@ sandbox order per proposal (so no two refunds meet on an order's refundable bala
 - the sandbox, served on its own (gunicorn gthread, 1 worker, LOAD_SANDBOX_THREADS threads), as
   a system of record would be; `issue_refund` is pointed at it for the run;
 - LOAD_CELERY_WORKERS `celery worker` processes (threads pool, LOAD_CELERY_THREADS each) on a
-  queue of the run's own;
+  queue of the run's own, and `celery beat`, whose requeue sweep sends actions left behind
+  (queued, or running with their lease over) to them again;
 - the product: gunicorn with 2 workers (gthread, LOAD_WEB_THREADS threads each).
 
 Then an open-loop client (bench/openloop.py) proposes at LOAD_RATE a second for LOAD_SECONDS,
@@ -21,11 +22,11 @@ the expected 201, a broken connection, or no answer within LOAD_TIMEOUT_SECONDS 
 is an error. Meanwhile the CPU of each process group is read from /proc and PostgreSQL's
 backends are sampled (bench/sampling.py).
 
-Afterwards the benchmark waits (at most LOAD_DRAIN_SECONDS) until none of the run's actions is
-queued or running, and checks in the database that every allowed action succeeded with exactly
-one refund in the sandbox under its idempotency key, on its order, of its amount, and that no
-held action had any effect. Every process started here is stopped when the run ends, however
-it ends.
+Afterwards the benchmark waits until none of the run's actions is queued or running (at most
+LOAD_DRAIN_SECONDS, and not past the time the sweep needs to send a stalled action again), and
+checks in the database that every allowed action succeeded with exactly one refund in the
+sandbox under its idempotency key, on its order, of its amount, and that no held action had any
+effect. Every process started here is stopped when the run ends, however it ends.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
@@ -230,6 +232,15 @@ def _recorded(actions: QuerySet[Action], since: datetime) -> tuple[int, float]:
     return found["n"], found["n"] / max((found["last"] - since).total_seconds(), 1e-3)
 
 
+def _patience(tool: Tool) -> float:
+    """How long the drain waits without progress: long enough for the requeue sweep to send an
+    action left behind again (its lease over, then ACTION_REQUEUE_AFTER_SECONDS, then the next
+    sweep), plus a minute."""
+    lease = tool.timeout_seconds + float(settings.ACTION_LEASE_MARGIN_SECONDS)
+    sweep = float(settings.CELERY_BEAT_SCHEDULE["action-requeue"]["schedule"])  # type: ignore[arg-type]
+    return lease + settings.ACTION_REQUEUE_AFTER_SECONDS + sweep + 60
+
+
 def _check_paths(plan: Plan, key: str, port: int) -> int:
     """Proposals 0 and HELD_EVERY - 1, one at a time: the allow path and the hold path."""
     numbers = (0, HELD_EVERY - 1) if HELD_EVERY > 1 else (0,)
@@ -408,7 +419,7 @@ def _main() -> list[dict[str, Any]]:
             mine = Action.objects.filter(
                 agent=world.agent, idempotency_key__startswith=plan.key_prefix
             )
-            drained = exactly_once.drain(mine, limit=DRAIN_SECONDS)
+            drained = exactly_once.drain(mine, limit=DRAIN_SECONDS, patience=_patience(tool))
             run = Run(
                 tally=tally,
                 warm=warm,

@@ -38,15 +38,15 @@ def deadlocks() -> int:
     return int(row[0]) if row else 0
 
 
-def drain(actions: QuerySet[Action], *, limit: float) -> tuple[float, int]:
+def drain(actions: QuerySet[Action], *, limit: float, patience: float) -> tuple[float, int]:
     """Wait until none of `actions` is queued or running: (seconds waited, how many still are).
-    Gives up after `limit` s, or after 60 s without any finishing."""
+    Gives up after `limit` s, or after `patience` s without any finishing."""
     started = progress_at = time.monotonic()
     left = -1
     while True:
         now_left: int = actions.filter(status__in=[Status.QUEUED, Status.RUNNING]).count()
         now = time.monotonic()
-        if now_left == 0 or now - started > limit or now - progress_at > 60:
+        if now_left == 0 or now - started > limit or now - progress_at > patience:
             return now - started, now_left
         if now_left != left:
             left, progress_at = now_left, now

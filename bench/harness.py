@@ -251,6 +251,23 @@ def celery_worker(
         yield process
 
 
+@contextmanager
+def celery_beat(
+    env: dict[str, str], log: Path, schedule: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The scheduler (`celery beat`) with its schedule in `schedule`, its tasks on the queue of
+    `env`'s CELERY_QUEUE; once it has stayed up for a second."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "controlplane", "beat",
+        "--schedule", str(schedule), "--loglevel", "WARNING",
+    ]  # fmt: skip
+    with started(command, env, log) as process:
+        time.sleep(1)
+        if process.poll() is not None:
+            raise BenchFailure(f"celery beat stopped at once:\n{log_tail(log)}")
+        yield process
+
+
 def purge(queue: str) -> None:
     with celery_app.connection_for_write() as conn:
         Queue(queue)(conn.default_channel).purge()

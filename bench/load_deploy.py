@@ -1,5 +1,6 @@
 """The product deployed for the load test (bench_load.py): the sandbox on a server of its own
-with the refund tool pointed at it, the Celery workers, and the product's web server."""
+with the refund tool pointed at it, the Celery workers and scheduler, and the product's web
+server."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from django.conf import settings
 
 from apps.registry.models import Tool
 from bench import sampling
-from bench.harness import Served, celery_worker, gunicorn
+from bench.harness import Served, celery_beat, celery_worker, gunicorn
 
 ENV = os.environ
 
@@ -37,7 +38,7 @@ class Shape:
     def describe(self) -> str:
         return (
             f"gunicorn {self.web_workers} x {self.web_threads} {self.web_class}, "
-            f"{self.celery_workers} Celery workers x {self.celery_threads} threads"
+            f"{self.celery_workers} Celery workers x {self.celery_threads} threads, beat"
         )
 
 
@@ -85,6 +86,7 @@ class Deployed:
     web: Served
     sandbox: Served
     workers: list[subprocess.Popen[bytes]]
+    beat: subprocess.Popen[bytes]
 
     def groups(self) -> dict[str, sampling.Group]:
         """The processes whose CPU the run reports, by name."""
@@ -93,6 +95,7 @@ class Deployed:
         return {
             "gate web": sampling.in_session(self.web.process.pid),
             "Celery workers": lambda stat: stat.session in sessions,
+            "Celery beat": sampling.in_session(self.beat.pid),
             "sandbox web": sampling.in_session(self.sandbox.process.pid),
             "PostgreSQL": sampling.postgres_on(database_port),
             "Redis": sampling.redis_on(urlsplit(ENV.get("REDIS_URL", "")).port or 6379),
@@ -110,8 +113,8 @@ def deploy(
     key: str,
     tool: Tool,
 ) -> Deployed:
-    """The sandbox, `tool` pointed at it, the workers and the product's web server, each
-    stopped when `stack` closes."""
+    """The sandbox, `tool` pointed at it, the workers, the scheduler and the product's web
+    server, each stopped when `stack` closes."""
     sandbox = stack.enter_context(
         gunicorn(
             env,
@@ -136,6 +139,9 @@ def deploy(
         )
         for n in range(shape.celery_workers)
     ]
+    # The scheduler, as deployed: its requeue sweep sends actions left queued, or running with
+    # their lease over, to the workers again.
+    beat = stack.enter_context(celery_beat(env, logs / "beat.log", logs / "beat-schedule"))
     web = stack.enter_context(
         gunicorn(
             env,
@@ -148,4 +154,4 @@ def deploy(
             keep_alive=300,
         )
     )
-    return Deployed(web, sandbox, workers)
+    return Deployed(web, sandbox, workers, beat)

@@ -40,18 +40,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth.models import User
 from django.utils import timezone
 from kombu import Queue
 
 from apps.accounts.roles import Role
-from apps.accounts.services import user_create
 from apps.actions.models import Action, Decision, Status
 from apps.books.models import BookVersion
 from apps.killswitches.models import KillSwitch
 from apps.killswitches.switches import switch_engage, switch_release
 from apps.registry.models import Agent, Tool, Workflow
+from bench.harness import BenchFailure as BenchFailure
+from bench.harness import bench_user, check_services, migrate
 from controlplane.celery import app as celery_app
 from tests.factories import make_agent, make_published_book
 
@@ -83,11 +82,6 @@ REFUSAL = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*action ([0-9a-f-]{36}) not started: "
     r"a kill switch covers it \(refused in ([0-9.]+) ms\)"
 )
-BENCH_PASSWORD = "bench-only, never signed in with"  # noqa: S105
-
-
-class BenchFailure(RuntimeError):
-    """The benchmark could not measure what it set out to."""
 
 
 def slow_noop(params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
@@ -100,31 +94,11 @@ def slow_noop(params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]
 
 
 def _check_services() -> None:
-    if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
-        raise BenchFailure("DATABASE_URL: the kill switch benchmark needs PostgreSQL")
-    if settings.BROKER_EMBEDDED:
-        raise BenchFailure("REDIS_URL: the kill switch benchmark needs Redis")
+    check_services("kill switch benchmark")
 
 
-def _migrate(env: dict[str, str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchFailure(f"migrate failed:\n{done.stdout}{done.stderr}")
-
-
-def _user(username: str, role: Role) -> User:
-    existing = User.objects.filter(username=username).first()
-    return existing or user_create(
-        username=username, password=BENCH_PASSWORD, roles=[role], check_password=False
-    )
+_migrate = migrate
+_user = bench_user
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
+from functools import cache
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
@@ -31,12 +33,12 @@ from apps.actions.breaker import (
 )
 from apps.actions.connectors import ConnectorFailure, call_tool, call_undo
 from apps.actions.models import Action, Status
-from apps.actions.states import Actor, IllegalTransition, transition
+from apps.actions.states import Actor, IllegalTransition, transition, transition_record
 from apps.audit.services import audit_batch
 from apps.core.metrics import EXECUTIONS
 from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
-from apps.registry.models import Tool
+from apps.registry.models import Agent, Tool, Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -166,48 +168,162 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
     return Outcome(Status.FAILED, note=error)
 
 
-def action_execute(*, action_id: UUID) -> Outcome:
-    taken = time.perf_counter()
-    action = Action.objects.select_related("tool", "workflow", "agent", "book_version").get(
+# The claim on PostgreSQL: one statement that reads the action's status and whether an engaged
+# switch covers it, and moves it queued -> running when it is queued and not covered, returning
+# what it found and what it did. A refused claim costs the fence, this statement and the
+# rollback, with nothing built in Python; the action itself is read only once claimed.
+# (`target` is read with the statement's snapshot, taken after the fence: apps/killswitches/
+# fence.py. The UPDATE re-checks `status = 'queued'` on the row's newest version if another
+# claim or a drain changed it meanwhile, so of two claims only one moves it.)
+_CLAIM_SQL = """
+WITH target AS (
+    SELECT a.id, a.status, t.timeout_seconds,
+           EXISTS (
+               SELECT 1 FROM {switch} k
+               WHERE k.released_at IS NULL
+                 AND (k.scope = %(global)s
+                      OR (k.scope = %(workflow)s AND k.target = w.slug)
+                      OR (k.scope = %(agent)s AND k.target = g.slug)
+                      OR (k.scope = %(tool)s AND k.target = t.slug))
+           ) AS switched
+    FROM {action} a
+    JOIN {workflow_table} w ON w.id = a.workflow_id
+    JOIN {agent_table} g ON g.id = a.agent_id
+    JOIN {tool_table} t ON t.id = a.tool_id
+    WHERE a.id = %(id)s
+), claimed AS (
+    UPDATE {action} a
+    SET status = %(running)s, updated_at = %(now)s, started_at = now(),
+        lease_expires_at = now() + make_interval(secs => target.timeout_seconds + %(margin)s)
+    FROM target
+    WHERE a.id = target.id AND a.status = %(queued)s AND NOT target.switched
+    RETURNING a.id
+)
+SELECT target.status, target.switched, EXISTS (SELECT 1 FROM claimed) FROM target
+"""
+
+
+@cache
+def _claim_sql() -> str:
+    return _CLAIM_SQL.format(
+        switch=KillSwitch._meta.db_table,
+        action=Action._meta.db_table,
+        workflow_table=Workflow._meta.db_table,
+        agent_table=Agent._meta.db_table,
+        tool_table=Tool._meta.db_table,
+    )
+
+
+class Claim(Enum):
+    CLAIMED = "claimed"  # queued -> running by this delivery
+    REFUSED = "refused"  # queued, and an engaged switch covers it
+    LOST = "lost"  # queued when read, moved meanwhile by another claim or a drain
+    NOT_QUEUED = "not queued"  # running, finished or not runnable: nothing to claim
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    verdict: Claim
+    status: str  # the action's status as the claim found (CLAIMED: running)
+    action: Action | None  # read when claimed (and on SQLite, always)
+
+
+def _read(action_id: UUID) -> Action:
+    return Action.objects.select_related("tool", "workflow", "agent", "book_version").get(
         pk=action_id
     )
-    if action.status in FINISHED:
-        return Outcome(action.status, note="already finished")
-    if action.status == Status.QUEUED:
-        # The claim and the kill-switch check are one statement, behind the fence that orders
-        # claims and engages (apps/killswitches/fence.py explains why both are needed): a
-        # switch committed before the claim is always seen, and an action claimed before a
-        # switch's engage time always has an earlier start time. `started_at` is the
-        # database's clock, the same one that stamps `engaged_at`.
-        try:
-            with transaction.atomic():
-                fence_for_claim()
-                transition(
-                    action,
-                    Status.RUNNING,
-                    actor="system:worker",
-                    also=~_switch_engaged(),
-                    started_at=Now(),
-                    lease_expires_at=_lease_end(action.tool),
-                )
-            action.refresh_from_db(fields=["started_at", "lease_expires_at"])
-        except IllegalTransition as exc:
-            if exc.current == Status.QUEUED:
-                logger.info(
-                    "action %s not started: a kill switch covers it (refused in %.1f ms)",
-                    action.pk,
-                    (time.perf_counter() - taken) * 1000,
-                )
-                return Outcome(Status.QUEUED, note="held by a kill switch")
-            return Outcome(exc.current, note="claimed elsewhere")
-    elif action.status == Status.RUNNING:
+
+
+def _claim(action_id: UUID) -> ClaimResult:
+    """Claim a queued action for execution: queued -> running, with the kill-switch check,
+    a start time and a lease, in one statement behind the fence that orders claims and engages
+    (apps/killswitches/fence.py explains why both are needed). A switch committed before the
+    claim is always seen, and an action claimed before a switch's engage time always has an
+    earlier start time: `started_at` is the database's clock, the one that stamps `engaged_at`.
+    Raises Action.DoesNotExist for an unknown action."""
+    if connection.vendor != "postgresql":
+        return _claim_orm(action_id)
+    with transaction.atomic():
+        fence_for_claim()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _claim_sql(),
+                {
+                    "id": action_id,
+                    "now": timezone.now(),
+                    "margin": float(settings.ACTION_LEASE_MARGIN_SECONDS),
+                    "queued": Status.QUEUED.value,
+                    "running": Status.RUNNING.value,
+                    **{scope.value: scope.value for scope in Scope},
+                },
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise Action.DoesNotExist(f"no action {action_id}")
+        status, switched, claimed = row
+        if claimed:
+            action = _read(action_id)
+            transition_record(action, status, actor="system:worker")
+            return ClaimResult(Claim.CLAIMED, action.status, action)
+    if status != Status.QUEUED:
+        return ClaimResult(Claim.NOT_QUEUED, status, None)
+    if switched:
+        return ClaimResult(Claim.REFUSED, status, None)
+    current = Action.objects.filter(pk=action_id).values_list("status", flat=True).first()
+    return ClaimResult(Claim.LOST, current or "missing", None)
+
+
+def _claim_orm(action_id: UUID) -> ClaimResult:
+    """The claim on SQLite (the embedded default): the same move with the ORM. Every
+    transaction there starts with the database's write lock, which orders claims and engages."""
+    action = _read(action_id)
+    if action.status != Status.QUEUED:
+        return ClaimResult(Claim.NOT_QUEUED, action.status, action)
+    try:
+        with transaction.atomic():
+            fence_for_claim()
+            transition(
+                action,
+                Status.RUNNING,
+                actor="system:worker",
+                also=~_switch_engaged(),
+                started_at=Now(),
+                lease_expires_at=_lease_end(action.tool),
+            )
+    except IllegalTransition as exc:
+        if exc.current == Status.QUEUED:
+            return ClaimResult(Claim.REFUSED, exc.current, action)
+        return ClaimResult(Claim.LOST, exc.current, action)
+    action.refresh_from_db(fields=["started_at", "lease_expires_at"])
+    return ClaimResult(Claim.CLAIMED, action.status, action)
+
+
+def action_execute(*, action_id: UUID) -> Outcome:
+    taken = time.perf_counter()
+    claim = _claim(action_id)
+    if claim.verdict is Claim.REFUSED:
+        logger.info(
+            "action %s not started: a kill switch covers it (refused in %.1f ms)",
+            action_id,
+            (time.perf_counter() - taken) * 1000,
+        )
+        return Outcome(Status.QUEUED, note="held by a kill switch")
+    if claim.verdict is Claim.LOST:
+        return Outcome(claim.status, note="claimed elsewhere")
+    if claim.verdict is Claim.CLAIMED:
+        assert claim.action is not None
+        action = claim.action
+    elif claim.status in FINISHED:
+        return Outcome(claim.status, note="already finished")
+    elif claim.status == Status.RUNNING:
         # Another delivery of a running action (a duplicate message, a retry, the redelivery
         # after a worker died, the requeue sweep) continues it only once it holds the lease.
+        action = claim.action or _read(action_id)
         held = _lease_take_over(action)
         if held is not None:
             return held
     else:
-        return Outcome(action.status, note="not runnable")
+        return Outcome(claim.status, note="not runnable")
 
     tool = action.tool
     if not circuit_allows(tool):

@@ -104,6 +104,17 @@ def _transition(
     action.updated_at = now
     for name, value in fields.items():
         setattr(action, name, value)
+    transition_record(action, previous, actor=actor, data=data)
+    return action
+
+
+def transition_record(
+    action: Action, previous: str, *, actor: Actor, data: Mapping[str, Any] | None = None
+) -> None:
+    """What follows a move to `action.status` from `previous`, in the move's transaction: its
+    audit event, and the agent's callback. `transition` calls it; so does a caller that made
+    the move with a statement of its own (the worker's claim on PostgreSQL)."""
+    to = action.status
     audit_record(
         actor=actor,
         verb=f"action.{to}",
@@ -112,4 +123,3 @@ def _transition(
         data={"from": previous, "to": to, **(data or {})},
     )
     callback_schedule(action, to)
-    return action

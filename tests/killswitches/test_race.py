@@ -2,9 +2,11 @@
 Celery worker processes (real PostgreSQL and Redis), on-call engages a switch; afterwards no
 action it covers has a start time after the engage time, and the proof says so.
 
-Each action takes 150 ms in its tool and the two workers run four at a time, fewer than the
-gate admits, so a backlog is queued when the switch is engaged: the workers must refuse it at
-the claim, while actions already claimed run to their end."""
+Each action takes 300 ms in its tool and the two workers run four at a time, fewer than the
+gate admits, so a backlog builds up: the switch is engaged only once the flow has run a while
+and work of refund-bot is queued, and the proposals go on until some have been blocked by it.
+The workers must refuse the backlog at the claim, while actions already claimed run to their
+end."""
 
 from __future__ import annotations
 
@@ -39,8 +41,11 @@ from tests.factories import make_agent, make_published_book, make_workflow
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-PER_AGENT = 150
-ENGAGE_AFTER_STARTED = 30
+ENGAGE_AFTER_PROPOSED = 200  # both agents together
+ENGAGE_AFTER_STARTED = 30  # of refund-bot
+ENGAGE_WITH_QUEUED = 10  # of refund-bot, waiting for a worker
+STOP_AFTER_BLOCKED = 5  # of refund-bot, after the engage
+MAX_PER_AGENT = 2_000
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"n": {"type": "integer", "minimum": 0}},
@@ -104,11 +109,12 @@ def flow(user_for: Any, own_queue: str, settings: Any) -> Iterator[Flow]:  # noq
 
 
 def propose_all(flow: Flow, stop: threading.Event) -> threading.Thread:
-    """Alternate proposals of the two agents through the gate, on a thread of their own."""
+    """Alternate proposals of the two agents through the gate, on a thread of their own, until
+    `stop` is set."""
 
     def run() -> None:
         try:
-            for n in range(PER_AGENT):
+            for n in range(MAX_PER_AGENT):
                 for slug, key in flow.keys.items():
                     if stop.is_set():
                         return
@@ -154,19 +160,36 @@ def settled(switch: KillSwitch) -> bool:
     return not outside.exists()
 
 
+def of_refund_bot(**conditions: Any) -> int:
+    return Action.objects.filter(agent__slug="refund-bot", **conditions).count()
+
+
 def race(flow: Flow, *, scope: str, target: str) -> KillSwitch:
     stop = threading.Event()
     proposer = propose_all(flow, stop)
     try:
         wait_until(
-            lambda: started("refund-bot") >= ENGAGE_AFTER_STARTED, 120, "the flow to start", flow
+            lambda: (
+                Action.objects.count() >= ENGAGE_AFTER_PROPOSED
+                and started("refund-bot") >= ENGAGE_AFTER_STARTED
+                and of_refund_bot(status=Status.QUEUED) >= ENGAGE_WITH_QUEUED
+            ),
+            120,
+            "the flow to run with a backlog",
+            flow,
         )
         switch = switch_engage(
             scope=scope, target=target, reason="race test", actor="dana", via="api"
         )
+        wait_until(
+            lambda: of_refund_bot(status=Status.BLOCKED) >= STOP_AFTER_BLOCKED,
+            60,
+            "proposals blocked by the switch",
+            flow,
+        )
     finally:
-        proposer.join(timeout=300)
         stop.set()
+        proposer.join(timeout=60)
     assert not proposer.is_alive()
     # Let the workers go through what was queued: finish the rest, refuse what is covered.
     wait_until(lambda: settled(switch), 120, "the workers to settle", flow)

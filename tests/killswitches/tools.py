@@ -26,5 +26,5 @@ def close_ticket(params: dict[str, Any], *, idempotency_key: str) -> dict[str, A
 
 
 def slow_noop(params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-    time.sleep(0.15)
+    time.sleep(0.3)
     return {"ok": True, "n": params.get("n")}

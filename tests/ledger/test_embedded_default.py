@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.embedded import run_embedded
 
 SCRIPT = """
 import json
@@ -57,29 +53,7 @@ print(json.dumps({"page": page.status_code, "plotly": b"spend-chart" in page.con
 
 
 def test_balance_sheet__embedded_sqlite__counts_from_the_records(tmp_path: Path) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS"}
-    }
-    env.update(
-        {
-            "ESCAPEMENT_VAR_DIR": str(tmp_path / "var"),
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_embedded(SCRIPT, tmp_path)
 
     assert result["page"] == 200
     assert result["plotly"]

@@ -1,0 +1,215 @@
+"""The claim: queued -> running in one statement with the kill-switch check, a start time and
+a lease, on PostgreSQL; the same on the embedded default (SQLite) through the ORM."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+
+from apps.actions.execution import Claim, ClaimResult, _claim, action_execute
+from apps.actions.models import Action, Status
+from apps.audit.models import AuditEvent
+from apps.killswitches.switches import switch_engage
+from tests.embedded import run_embedded
+from tests.execution.conftest import own_queue  # noqa: F401 (fixture)
+from tests.factories import make_agent
+from tests.killswitches.conftest import Desk, executed, propose
+
+pytestmark = pytest.mark.django_db
+
+
+def test_claim__queued_and_not_covered__running_with_start_lease_and_audit_event(
+    desk: Desk,
+) -> None:
+    action = propose(desk)
+
+    claim = _claim(action.pk)
+
+    assert claim.verdict is Claim.CLAIMED
+    assert claim.action is not None
+    stored = Action.objects.get(pk=action.pk)
+    assert stored.status == Status.RUNNING
+    assert stored.started_at is not None
+    assert stored.lease_expires_at is not None
+    lease = (stored.lease_expires_at - stored.started_at).total_seconds()
+    assert lease == pytest.approx(
+        desk.refund_tool.timeout_seconds + settings.ACTION_LEASE_MARGIN_SECONDS, abs=1e-3
+    )
+    # The claimed action handed back is the row as it now is (the worker runs the tool from it).
+    assert claim.action.status == Status.RUNNING
+    assert claim.action.started_at == stored.started_at
+    assert claim.action.lease_expires_at == stored.lease_expires_at
+    assert claim.action.tool.slug == "issue_refund"
+    event = AuditEvent.objects.filter(target_id=str(action.pk), verb="action.running").get()
+    assert event.actor == "system:worker"
+    assert event.payload["from"] == Status.QUEUED
+    assert event.payload["to"] == Status.RUNNING
+
+
+def test_claim__twice__second_finds_it_running_and_starts_nothing(desk: Desk) -> None:
+    action = propose(desk)
+    first = _claim(action.pk)
+    started = Action.objects.get(pk=action.pk).started_at
+
+    second = _claim(action.pk)
+
+    assert first.verdict is Claim.CLAIMED
+    assert (second.verdict, second.status) == (Claim.NOT_QUEUED, Status.RUNNING)
+    assert Action.objects.get(pk=action.pk).started_at == started
+    assert AuditEvent.objects.filter(target_id=str(action.pk), verb="action.running").count() == 1
+
+
+def test_claim__switch_on_another_agent__claimed(desk: Desk) -> None:
+    action = propose(desk)
+    make_agent("other-bot", owner=desk.owner, workflows=[desk.workflow], tools=[desk.refund_tool])
+    switch_engage(scope="agent", target="other-bot", reason="stop", actor="dana", via="api")
+    assert _claim(action.pk).verdict is Claim.CLAIMED
+
+
+def test_claim__covered__refused_and_nothing_written(desk: Desk) -> None:
+    action = propose(desk)
+    switch_engage(scope="workflow", target="refunds", reason="stop", actor="dana", via="api")
+    events = AuditEvent.objects.count()
+
+    claim = _claim(action.pk)
+
+    assert (claim.verdict, claim.status) == (Claim.REFUSED, Status.QUEUED)
+    stored = Action.objects.get(pk=action.pk)
+    assert (stored.status, stored.started_at, stored.lease_expires_at) == (
+        Status.QUEUED,
+        None,
+        None,
+    )
+    assert AuditEvent.objects.count() == events
+
+
+def test_execute__finished_action__not_run_again(desk: Desk) -> None:
+    action = executed(desk)
+    outcome = action_execute(action_id=action.pk)
+    assert (outcome.status, outcome.note) == (Status.SUCCEEDED, "already finished")
+
+
+def test_execute__unknown_action__does_not_exist() -> None:
+    with pytest.raises(Action.DoesNotExist):
+        action_execute(action_id=uuid.uuid4())
+
+
+def _waiting_on_a_lock(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            [pid],
+        )
+        row = cursor.fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim__drained_while_the_claim_waits_for_the_row__lost_and_not_started(
+    desk: Desk,
+    own_queue: str,  # noqa: F811 (fixture: the session's worker must not claim it first)
+) -> None:
+    # Given a drain that has cancelled a queued action but not yet committed
+    action = propose(desk)
+    cancelled, finish = threading.Event(), threading.Event()
+    finished_in_time: list[bool] = []
+
+    def drain() -> None:
+        try:
+            with transaction.atomic():
+                Action.objects.filter(pk=action.pk).update(status=Status.CANCELLED)
+                cancelled.set()
+                finished_in_time.append(finish.wait(60))
+        finally:
+            connection.close()
+
+    found: list[ClaimResult] = []
+    backend: list[int] = []
+    connected = threading.Event()
+
+    def claim() -> None:
+        try:
+            connection.ensure_connection()
+            backend.append(connection.connection.info.backend_pid)
+            connected.set()
+            found.append(_claim(action.pk))
+        finally:
+            connection.close()
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    assert cancelled.wait(10)
+    # When a worker claims it meanwhile (its statement waits for the drain's row lock)
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    assert connected.wait(10)
+    deadline = time.monotonic() + 30
+    while not _waiting_on_a_lock(backend[0]):
+        assert time.monotonic() < deadline, "the claim never waited for the row"
+        time.sleep(0.01)
+    finish.set()
+    drainer.join(30)
+    claimer.join(30)
+    # Then the claim sees the cancellation and starts nothing
+    assert finished_in_time == [True]
+    assert [(claim.verdict, claim.status) for claim in found] == [(Claim.LOST, Status.CANCELLED)]
+    stored = Action.objects.get(pk=action.pk)
+    assert (stored.status, stored.started_at) == (Status.CANCELLED, None)
+
+
+SQLITE_SCRIPT = """
+import json
+from decimal import Decimal
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from apps.accounts.roles import Role
+from apps.accounts.services import user_create
+from apps.actions.execution import _claim, action_execute
+from apps.actions.models import Action
+from apps.killswitches.switches import switch_engage
+from apps.registry.models import Agent, Tool, Workflow
+
+assert connection.vendor == "sqlite", connection.vendor
+call_command("migrate", verbosity=0)
+flow = Workflow.objects.create(slug="refunds", name="Refunds")
+tool = Tool.objects.create(slug="close_ticket", name="Close ticket", connector="callable",
+                           callable_path="tests.killswitches.tools.close_ticket")
+owner = user_create(username="owner", password="a-long-password-1", roles=[Role.ADMIN])
+agent = Agent.objects.create(slug="refund-bot", name="Refund bot", owner=owner)
+def queued(n):
+    return Action.objects.create(agent=agent, workflow=flow, tool=tool, status="queued",
+                                 decision="allow", params={"ticket_id": f"T-{n}"})
+first, second = queued(1), queued(2)
+claim = _claim(first.pk)
+stored = Action.objects.get(pk=first.pk)
+lease = (stored.lease_expires_at - stored.started_at).total_seconds()
+again = _claim(first.pk)
+switch_engage(scope="agent", target="refund-bot", reason="stop", actor="dana", via="api")
+refused = action_execute(action_id=second.pk)
+print(json.dumps({
+    "claim": [claim.verdict.value, claim.action.status, claim.action.started_at is not None],
+    "lease": lease,
+    "again": [again.verdict.value, again.status],
+    "refused": [refused.status, refused.note, Action.objects.get(pk=second.pk).status,
+                Action.objects.get(pk=second.pk).started_at is None],
+}))
+"""
+
+
+def test_claim__embedded_sqlite__claims_once_and_refuses_under_a_switch(tmp_path: Path) -> None:
+    result: dict[str, Any] = run_embedded(SQLITE_SCRIPT, tmp_path)
+
+    assert result["claim"] == ["claimed", "running", True]
+    assert result["lease"] == pytest.approx(10.0 + settings.ACTION_LEASE_MARGIN_SECONDS, abs=1e-3)
+    assert result["again"] == ["not queued", "running"]
+    assert result["refused"] == ["queued", "held by a kill switch", "queued", True]

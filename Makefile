@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 BIN := .venv/bin
 PORT ?= 8000
+# Test processes for `make test` (pytest-xdist; `auto`: one per core, `0`: the suite in one).
+PYTEST_WORKERS ?= auto
 
 .PHONY: help venv run test pytest fuzz lint format bench clean
 
@@ -23,7 +25,7 @@ run: venv  ## migrate, seed the demo and serve web + worker + scheduler on the e
 
 test: venv  ## lint, then the whole suite against real PostgreSQL and Redis (started if needed)
 	$(MAKE) --no-print-directory lint
-	scripts/test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+	scripts/test-services.sh $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 pytest: venv  ## the suite only (no lint); PYTEST_ARGS="-k name" narrows it
 	scripts/test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)

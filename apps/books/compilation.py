@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from apps.books.content import ToolRule
 from apps.books.models import AutonomyMode, BookVersion
 from apps.books.policy.compiler import Controls, compile_controls
-from apps.books.policy.engine import ActionFacts, CompiledPolicies, PolicyVerdict, Reason, decide
+from apps.books.policy.engine import (
+    ActionFacts,
+    CompiledPolicies,
+    NativeInputs,
+    PolicyVerdict,
+    Reason,
+    decide,
+)
 from apps.books.policy.schema import ToolParams, build_schema, param_types
 from apps.books.policy.validation import PolicyProblem, validate_policies
 from apps.registry.models import Agent, Tool
@@ -164,11 +171,16 @@ def book_decide(version: BookVersion, facts: ActionFacts) -> BookDecision:
 
 
 def book_decide_compiled(
-    version: BookVersion, compiled: CompiledPolicies, facts: ActionFacts
+    version: BookVersion,
+    compiled: CompiledPolicies,
+    facts: ActionFacts,
+    *,
+    explain: bool = True,
+    native: NativeInputs | None = None,
 ) -> BookDecision:
     """As `book_decide`, on policies the caller parsed once (a backtest deciding a draft over
-    many recorded actions)."""
-    verdict = decide(compiled, facts)
+    many recorded actions); `explain` and `native` as `engine.decide` takes them."""
+    verdict = decide(compiled, facts, explain=explain, native=native)
     mode = version.autonomy_mode
     if mode == AutonomyMode.OBSERVE:
         return BookDecision(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -39,7 +38,13 @@ from apps.books.compilation import (
     tool_rules,
 )
 from apps.books.models import BookVersion
-from apps.books.policy.engine import ActionFacts, CompiledPolicies, Reason
+from apps.books.policy.engine import (
+    ActionFacts,
+    CompiledPolicies,
+    NativeInputs,
+    Reason,
+    native_inputs,
+)
 from apps.books.selectors import active_version
 from apps.ledger.models import Backtest, BacktestPart
 from apps.registry.models import Agent, Tool, Workflow
@@ -64,12 +69,6 @@ class BacktestError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Verdict:
-    decision: str
-    reason: str
-
-
 class Decider:
     """One book version, parsed once, deciding many actions as the gate would."""
 
@@ -81,11 +80,29 @@ class Decider:
     def zone(self, tool: Tool) -> str:
         return self.zones.get(tool.slug, tool.risk_zone)
 
-    def decide(self, facts: ActionFacts) -> Verdict:
+    def reads_like(self, other: Decider) -> bool:
+        """Whether the policies of both see an action's facts the same way (the same parameter
+        types), so that the evaluator's inputs built for one serve the other."""
+        return (
+            self.compiled is not None
+            and other.compiled is not None
+            and self.compiled.param_types == other.compiled.param_types
+        )
+
+    def decide(self, facts: ActionFacts, native: NativeInputs | None = None) -> str:
+        """The decision alone (no reasons: `reason` gives them for the few that flip)."""
         if self.version is None or self.compiled is None:
-            return Verdict("deny", NO_BOOK.policy_id)
+            return "deny"
+        return book_decide_compiled(
+            self.version, self.compiled, facts, explain=False, native=native
+        ).decision
+
+    def reason(self, facts: ActionFacts) -> str:
+        """The policy behind the decision on `facts` (its id)."""
+        if self.version is None or self.compiled is None:
+            return NO_BOOK.policy_id
         verdict = book_decide_compiled(self.version, self.compiled, facts)
-        return Verdict(verdict.decision, verdict.reasons[0].policy_id if verdict.reasons else "")
+        return verdict.reasons[0].policy_id if verdict.reasons else ""
 
 
 def facts_of(
@@ -327,6 +344,8 @@ def _evaluate_part(backtest: Backtest, part: BacktestPart) -> dict[str, Any]:
     flipped: list[dict[str, Any]] = []
     flipped_ids: list[UUID] = []
     tz = timezone.get_current_timezone()
+    shared_types = draft.reads_like(active)
+    draft_types = draft.compiled.param_types if draft.compiled is not None else {}
     for pk, agent_id, tool_id, params, confidence, subject, created_at in rows:
         tool = tools[tool_id]
         common: dict[str, Any] = {
@@ -339,14 +358,20 @@ def _evaluate_part(backtest: Backtest, part: BacktestPart) -> dict[str, Any]:
             "at": created_at.astimezone(tz),
         }
         facts = facts_of(zone=draft.zone(tool), currency=draft_currency, **common)
-        new = draft.decide(facts)
-        if active.zone(tool) != facts.tool_zone or active_currency != draft_currency:
-            facts = facts_of(zone=active.zone(tool), currency=active_currency, **common)
-        old = active.decide(facts)  # the same facts when both versions see the tool alike
-        counts["draft"][new.decision] += 1
-        counts["active"][old.decision] += 1
-        if new.decision != old.decision:
-            moves[f"{old.decision}->{new.decision}"] += 1
+        if active.zone(tool) == facts.tool_zone and active_currency == draft_currency:
+            # Both versions see the same facts: the evaluator's inputs are built once.
+            native = native_inputs(facts, draft_types) if shared_types else None
+            new = draft.decide(facts, native)
+            old = active.decide(facts, native)
+        else:
+            new = draft.decide(facts)
+            old = active.decide(
+                facts_of(zone=active.zone(tool), currency=active_currency, **common)
+            )
+        counts["draft"][new] += 1
+        counts["active"][old] += 1
+        if new != old:
+            moves[f"{old}->{new}"] += 1
             flipped_ids.append(pk)
             if len(flipped) < FLIPS_KEPT:
                 flipped.append(
@@ -355,9 +380,9 @@ def _evaluate_part(backtest: Backtest, part: BacktestPart) -> dict[str, Any]:
                         "subject": subject,
                         "tool": tool.slug,
                         "created_at": created_at.isoformat(),
-                        "active": old.decision,
-                        "draft": new.decision,
-                        "reason": new.reason,
+                        "active": old,
+                        "draft": new,
+                        "reason": draft.reason(facts),
                     }
                 )
     spend = Decimal(0)

@@ -1046,3 +1046,29 @@ def test_engine_decide__native_on_and_off__same_verdicts(
         assert native == cedar, f"{name} / {case.name}:\n  cedar  {cedar}\n  native {native}"
     # The cases are not all alike.
     assert {verdict.outcome for verdict in by_cedar} == {"allow", "hold", "deny"}
+
+
+@pytest.mark.parametrize("name", list(BOOKS))
+def test_engine_decide__unexplained_or_on_inputs_built_once__same_outcomes(name: str) -> None:
+    # What a backtest asks: the outcome without its reasons, and on evaluator inputs built once
+    # for two versions, must be the outcome of the full decision.
+    compiled = CompiledPolicies(BOOKS[name], PARAM_TYPES)
+    other = CompiledPolicies(BOOKS[name], PARAM_TYPES)
+    outcomes = set()
+    for case in FACTS:
+        facts = replace(BASE_FACTS, **case.changes)
+        full = engine.decide(compiled, facts)
+        bare = engine.decide(compiled, facts, explain=False)
+        # (a decision that could not be evaluated keeps its one reason: nothing to leave out)
+        unexplained = full.reasons if full.reasons[0].policy_id == engine.NOT_EVALUATED_ID else ()
+        assert (bare.outcome, bare.reasons, bare.errors) == (
+            full.outcome,
+            unexplained,
+            full.errors,
+        ), case
+        if not unexplained:  # (inputs are built only for facts the policies can evaluate)
+            shared = engine.native_inputs(facts, PARAM_TYPES)
+            assert engine.decide(other, facts, explain=False, native=shared).outcome == full.outcome
+            assert engine.decide(compiled, facts, native=shared) == full, case
+        outcomes.add(full.outcome)
+    assert outcomes == {"allow", "hold", "deny"}

@@ -12,6 +12,7 @@ import pytest
 from apps.accounts.roles import Role
 from apps.actions.models import Action
 from apps.books.compilation import action_facts, book_decide
+from apps.books.policy.engine import native_inputs
 from apps.books.services import draft_create, draft_update
 from apps.ledger import backtest as backtest_module
 from apps.ledger.backtest import (
@@ -241,21 +242,23 @@ def test_backtest__decider__agrees_with_book_decide(world: World) -> None:
                     confidence=Decimal(confidence), at=WEDNESDAY, subject="order:1",
                 ),
             )  # fmt: skip
-            ours = decider.decide(
-                facts_of(
-                    workflow="refunds",
-                    agent=("refund-bot", "low", ("invoices", "refunds")),
-                    tool=world.tool,
-                    zone=decider.zone(world.tool),
-                    currency=version.currency,
-                    params=params,
-                    confidence=Decimal(confidence),
-                    subject="order:1",
-                    at=WEDNESDAY,
-                )
+            facts = facts_of(
+                workflow="refunds",
+                agent=("refund-bot", "low", ("invoices", "refunds")),
+                tool=world.tool,
+                zone=decider.zone(world.tool),
+                currency=version.currency,
+                params=params,
+                confidence=Decimal(confidence),
+                subject="order:1",
+                at=WEDNESDAY,
             )
-            assert ours.decision == gate.decision
-            assert ours.reason == gate.reasons[0].policy_id
+            assert decider.compiled is not None
+            shared = native_inputs(facts, decider.compiled.param_types)
+            assert decider.decide(facts) == gate.decision
+            # ... also on the evaluator's inputs built once for both versions
+            assert decider.decide(facts, shared) == gate.decision
+            assert decider.reason(facts) == gate.reasons[0].policy_id
 
 
 def test_backtest_panel__risk_starts_and_polls__sees_flips(world: World, client_for: Any) -> None:

@@ -406,6 +406,9 @@ def context_json(context: Mapping[str, Any], fields: frozenset[str] | None) -> s
     return json.dumps(_as_cedar_json(chosen))
 
 
+NativeInputs = tuple[Uid, Uid, dict[str, Any], EntityStore]
+
+
 class _Request:
     """What both questions of one decision share: the context, in Cedar's JSON form for
     cedarpy or as evaluator values (built once, whole: unread fields cost the evaluator nothing),
@@ -414,12 +417,14 @@ class _Request:
 
     __slots__ = ("_context", "_native", "compiled", "facts", "memo")
 
-    def __init__(self, compiled: CompiledPolicies, facts: ActionFacts) -> None:
+    def __init__(
+        self, compiled: CompiledPolicies, facts: ActionFacts, native: NativeInputs | None = None
+    ) -> None:
         self.compiled = compiled
         self.facts = facts
         self.memo: dict[str, bool | str] = {}
         self._context: dict[str, Any] | None = None
-        self._native: tuple[Uid, Uid, dict[str, Any], EntityStore] | None = None
+        self._native = native
 
     @property
     def context(self) -> dict[str, Any]:
@@ -427,13 +432,20 @@ class _Request:
             self._context = context_values(self.facts, self.compiled.param_types)
         return self._context
 
-    def native(self) -> tuple[Uid, Uid, dict[str, Any], EntityStore]:
+    def native(self) -> NativeInputs:
         if self._native is None:
-            facts = self.facts
-            principal, resource, store = _native_entities(*_entity_key(facts))
-            context = native_context_values(facts, self.compiled.param_types)
-            self._native = (principal, resource, context, store)
+            self._native = native_inputs(self.facts, self.compiled.param_types)
         return self._native
+
+
+def native_inputs(facts: ActionFacts, param_types: Mapping[str, str]) -> NativeInputs:
+    """What the in-process evaluator reads of one decision: the principal, the resource, the
+    context and the entities. The same for every version whose policies have the same
+    `param_types`, so a caller deciding one action under two versions (a backtest) builds it
+    once and passes it to `decide` for both. For facts `decide` evaluates (a confidence in
+    Cedar's decimal range: `is_cedar_decimal`)."""
+    principal, resource, store = _native_entities(*_entity_key(facts))
+    return (principal, resource, native_context_values(facts, param_types), store)
 
 
 _ACTIONS = {name: Uid("Action", name) for name in ("execute", "propose")}
@@ -459,25 +471,36 @@ def _errors(answer: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(error) for error in found) if found else ()
 
 
-def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
+def decide(
+    compiled: CompiledPolicies,
+    facts: ActionFacts,
+    *,
+    explain: bool = True,
+    native: NativeInputs | None = None,
+) -> PolicyVerdict:
+    """The policies' verdict on one action, with the policies behind it as its reasons.
+
+    `explain=False` leaves the policies' reasons out (the outcome is the same; a request that
+    could not be evaluated keeps its one reason): a backtest deciding many actions needs them
+    only for the few whose decision flips. `native`: the evaluator's inputs,
+    when the caller built them already (see `native_inputs`)."""
     if facts.confidence is not None and not is_cedar_decimal(facts.confidence):
         # Checked here, not left to Cedar: a slice that does not read the confidence would not
         # notice, and the verdict must not depend on which policies a question reaches.
         return _not_evaluated(
             facts, (f"the confidence {facts.confidence} is out of the range of a Cedar decimal",)
         )
-    request = _Request(compiled, facts)
+    request = _Request(compiled, facts, native)
     execute = _ask_slice(compiled, request, "execute")
     errors = _errors(execute)
     if execute["decision"] not in ("Allow", "Deny"):
         return _not_evaluated(facts, errors)
     if execute["decision"] == "Allow":
+        if not explain:
+            return PolicyVerdict("allow", (), errors)
         return PolicyVerdict(
             "allow", compiled.reasons_for(execute["diagnostics"]["reason"]), errors
         )
-    held_by = compiled.reasons_for(execute["diagnostics"]["reason"]) or (
-        Reason(NO_EXECUTE_PERMIT_ID, "No policy permits running this action without review"),
-    )
     propose = _ask_slice(compiled, request, "propose")
     errors += _errors(propose)
     if propose["decision"] not in ("Allow", "Deny"):
@@ -485,7 +508,13 @@ def decide(compiled: CompiledPolicies, facts: ActionFacts) -> PolicyVerdict:
     if errors:
         # A policy that fails to evaluate is skipped by Cedar; say so, it may be a bug.
         logger.warning("policy evaluation errors for %s/%s: %s", facts.workflow, facts.tool, errors)
-    if propose["decision"] == "Allow":
+    outcome: Outcome = "hold" if propose["decision"] == "Allow" else "deny"
+    if not explain:
+        return PolicyVerdict(outcome, (), errors)
+    if outcome == "hold":
+        held_by = compiled.reasons_for(execute["diagnostics"]["reason"]) or (
+            Reason(NO_EXECUTE_PERMIT_ID, "No policy permits running this action without review"),
+        )
         return PolicyVerdict("hold", held_by, errors)
     denied_by = compiled.reasons_for(propose["diagnostics"]["reason"]) or (
         Reason(NO_PROPOSE_PERMIT_ID, "No policy permits proposing this action"),

@@ -196,7 +196,7 @@ WITH target AS (
     SET status = %(running)s, updated_at = %(now)s, started_at = now(),
         lease_expires_at = now() + make_interval(secs => target.timeout_seconds + %(margin)s)
     FROM target
-    WHERE a.id = target.id AND a.status = %(queued)s AND NOT target.switched
+    WHERE a.id = %(id)s AND a.status = %(queued)s AND NOT target.switched
     RETURNING a.id
 )
 SELECT target.status, target.switched, EXISTS (SELECT 1 FROM claimed) FROM target

@@ -61,6 +61,7 @@ CYCLES = int(ENV.get("BENCH_KILLSWITCH_CYCLES", "20"))
 ACTIONS = int(ENV.get("BENCH_KILLSWITCH_ACTIONS", "120"))
 STARTED_BEFORE_ENGAGE = int(ENV.get("BENCH_KILLSWITCH_STARTED", "10"))
 THREADS = int(ENV.get("BENCH_KILLSWITCH_THREADS", "2"))
+POOL = ENV.get("BENCH_KILLSWITCH_POOL", "prefork")  # as deployed (docs/deployment.md)
 TOOL_MS = float(ENV.get("BENCH_KILLSWITCH_TOOL_MS", "5"))
 WORKERS = 2
 OBSERVER_QUIET_SECONDS = 0.3
@@ -170,7 +171,7 @@ def _worker(env: dict[str, str], folder: Path, queue: str, name: str) -> Iterato
     log = folder / f"{name}.log"
     command = [
         sys.executable, "-m", "celery", "-A", "controlplane", "worker",
-        "--pool", "threads", "--concurrency", str(THREADS), "--hostname", node,
+        "--pool", POOL, "--concurrency", str(THREADS), "--hostname", node,
         "--queues", queue, "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         "--without-heartbeat",
     ]  # fmt: skip

@@ -36,7 +36,7 @@ from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition, transition_record
 from apps.audit.services import audit_batch
 from apps.core.metrics import EXECUTIONS
-from apps.killswitches.fence import fence_for_claim
+from apps.killswitches.fence import CLAIM_FENCE_SQL, fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
 from apps.registry.models import Agent, Tool, Workflow
 
@@ -170,9 +170,10 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
 
 # The claim on PostgreSQL: one statement that reads the action's status and whether an engaged
 # switch covers it, and moves it queued -> running when it is queued and not covered, returning
-# what it found and what it did. A refused claim costs the fence, this statement and the
-# rollback, with nothing built in Python; the action itself is read only once claimed.
-# (`target` is read with the statement's snapshot, taken after the fence: apps/killswitches/
+# what it found and what it did. It is sent in one query string after the statement that takes
+# the fence, so a refused claim costs three round trips (BEGIN, the two statements, ROLLBACK)
+# and nothing built in Python; the action itself is read only once claimed. (`target` is read
+# with the statement's own snapshot, taken after the fence was granted: apps/killswitches/
 # fence.py. The UPDATE re-checks `status = 'queued'` on the row's newest version if another
 # claim or a drain changed it meanwhile, so of two claims only one moves it.)
 _CLAIM_SQL = """
@@ -244,10 +245,11 @@ def _claim(action_id: UUID) -> ClaimResult:
     if connection.vendor != "postgresql":
         return _claim_orm(action_id)
     with transaction.atomic():
-        fence_for_claim()
         with connection.cursor() as cursor:
+            # The fence and the claim in one round trip: two statements in one query string
+            # (client-side binding, the PostgreSQL backend's default, sends it whole).
             cursor.execute(
-                _claim_sql(),
+                f"{CLAIM_FENCE_SQL};\n{_claim_sql()}",
                 {
                     "id": action_id,
                     "now": timezone.now(),
@@ -257,6 +259,7 @@ def _claim(action_id: UUID) -> ClaimResult:
                     **{scope.value: scope.value for scope in Scope},
                 },
             )
+            cursor.nextset()  # past the fence's empty answer
             row = cursor.fetchone()
         if row is None:
             raise Action.DoesNotExist(f"no action {action_id}")

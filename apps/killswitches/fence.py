@@ -41,12 +41,19 @@ def _postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+# The statement that takes the fence for a claim, for a caller that sends it together with its
+# claim statement in one query string (apps/actions/execution.py): each statement of a query
+# string runs with a snapshot of its own, taken when it starts, so the claim's is still taken
+# after the fence was granted.
+CLAIM_FENCE_SQL = f"SELECT pg_advisory_xact_lock_shared({FENCE_KEY})"
+
+
 def fence_for_claim() -> None:
     """Take the fence shared, to the end of the current transaction (call inside one)."""
     assert transaction.get_connection().in_atomic_block, "the fence lasts a transaction"
     if _postgres():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [FENCE_KEY])
+            cursor.execute(CLAIM_FENCE_SQL)
 
 
 def fence_for_engage() -> None:

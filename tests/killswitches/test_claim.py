@@ -6,16 +6,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from apps.actions.execution import Claim, ClaimResult, _claim, action_execute
 from apps.actions.models import Action, Status
 from apps.audit.models import AuditEvent
+from apps.killswitches.fence import fence_for_engage
+from apps.killswitches.models import KillSwitch
 from apps.killswitches.switches import switch_engage
 from tests.embedded import run_embedded
 from tests.execution.conftest import own_queue  # noqa: F401 (fixture)
@@ -112,57 +116,97 @@ def _waiting_on_a_lock(pid: int) -> bool:
     return bool(row[0])
 
 
+def claim_while_held(action_id: uuid.UUID, hold: Callable[[], object]) -> ClaimResult:
+    """Claim `action_id` on a thread of its own while another thread has run `hold` in a
+    transaction it keeps open; once the claim waits on a lock, that transaction commits.
+    Returns what the claim found."""
+    held, finish = threading.Event(), threading.Event()
+    committed_in_time: list[bool] = []
+    found: list[ClaimResult] = []
+    backend: list[int] = []
+    connected = threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                hold()
+                held.set()
+                committed_in_time.append(finish.wait(60))
+        finally:
+            connection.close()
+
+    def claimer() -> None:
+        try:
+            connection.ensure_connection()
+            backend.append(connection.connection.info.backend_pid)
+            connected.set()
+            found.append(_claim(action_id))
+        finally:
+            connection.close()
+
+    holding = threading.Thread(target=holder)
+    holding.start()
+    assert held.wait(10)
+    claiming = threading.Thread(target=claimer)
+    claiming.start()
+    assert connected.wait(10)
+    deadline = time.monotonic() + 30
+    while not _waiting_on_a_lock(backend[0]):
+        assert time.monotonic() < deadline, "the claim never waited"
+        time.sleep(0.01)
+    finish.set()
+    holding.join(30)
+    claiming.join(30)
+    assert committed_in_time == [True]
+    assert len(found) == 1
+    return found[0]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_claim__drained_while_the_claim_waits_for_the_row__lost_and_not_started(
     desk: Desk,
     own_queue: str,  # noqa: F811 (fixture: the session's worker must not claim it first)
 ) -> None:
-    # Given a drain that has cancelled a queued action but not yet committed
+    # Given a queued action, and a drain that has cancelled it but not yet committed
     action = propose(desk)
-    cancelled, finish = threading.Event(), threading.Event()
-    finished_in_time: list[bool] = []
 
     def drain() -> None:
-        try:
-            with transaction.atomic():
-                Action.objects.filter(pk=action.pk).update(status=Status.CANCELLED)
-                cancelled.set()
-                finished_in_time.append(finish.wait(60))
-        finally:
-            connection.close()
+        Action.objects.filter(pk=action.pk).update(status=Status.CANCELLED)
 
-    found: list[ClaimResult] = []
-    backend: list[int] = []
-    connected = threading.Event()
-
-    def claim() -> None:
-        try:
-            connection.ensure_connection()
-            backend.append(connection.connection.info.backend_pid)
-            connected.set()
-            found.append(_claim(action.pk))
-        finally:
-            connection.close()
-
-    drainer = threading.Thread(target=drain)
-    drainer.start()
-    assert cancelled.wait(10)
     # When a worker claims it meanwhile (its statement waits for the drain's row lock)
-    claimer = threading.Thread(target=claim)
-    claimer.start()
-    assert connected.wait(10)
-    deadline = time.monotonic() + 30
-    while not _waiting_on_a_lock(backend[0]):
-        assert time.monotonic() < deadline, "the claim never waited for the row"
-        time.sleep(0.01)
-    finish.set()
-    drainer.join(30)
-    claimer.join(30)
+    claim = claim_while_held(action.pk, drain)
+
     # Then the claim sees the cancellation and starts nothing
-    assert finished_in_time == [True]
-    assert [(claim.verdict, claim.status) for claim in found] == [(Claim.LOST, Status.CANCELLED)]
+    assert (claim.verdict, claim.status) == (Claim.LOST, Status.CANCELLED)
     stored = Action.objects.get(pk=action.pk)
     assert (stored.status, stored.started_at) == (Status.CANCELLED, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim__waiting_at_the_fence_while_a_switch_commits__refused(
+    desk: Desk,
+    own_queue: str,  # noqa: F811 (fixture: the session's worker must not claim it first)
+) -> None:
+    # Given a queued action, and an engage holding the fence with its switch not yet committed
+    action = propose(desk)
+
+    def engage() -> None:
+        fence_for_engage()
+        KillSwitch.objects.create(
+            scope="agent",
+            target="refund-bot",
+            reason="stop",
+            engaged_by="dana",
+            engaged_at=timezone.now(),
+        )
+
+    # When a worker claims the action meanwhile (it waits at the fence)
+    claim = claim_while_held(action.pk, engage)
+
+    # Then the claim, whose statement runs after the switch committed, sees it
+    assert (claim.verdict, claim.status) == (Claim.REFUSED, Status.QUEUED)
+    stored = Action.objects.get(pk=action.pk)
+    assert (stored.status, stored.started_at) == (Status.QUEUED, None)
 
 
 SQLITE_SCRIPT = """
@@ -176,6 +220,8 @@ from apps.accounts.roles import Role
 from apps.accounts.services import user_create
 from apps.actions.execution import _claim, action_execute
 from apps.actions.models import Action
+from apps.killswitches.fence import fence_for_engage
+from apps.killswitches.models import KillSwitch
 from apps.killswitches.switches import switch_engage
 from apps.registry.models import Agent, Tool, Workflow
 

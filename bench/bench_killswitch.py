@@ -6,8 +6,9 @@ creates its agent, tool and book through the services, then runs BENCH_KILLSWITC
 of:
 
 1. BENCH_KILLSWITCH_ACTIONS allowed actions of `switch-bot` are queued at once and handed to the
-   workers (two `celery worker` processes, BENCH_KILLSWITCH_THREADS threads each, on a queue of
-   the run's own); each takes BENCH_KILLSWITCH_TOOL_MS in its tool, so the workers have a
+   workers (two `celery worker` processes, each with BENCH_KILLSWITCH_THREADS child processes of
+   Celery's prefork pool, as deployed, or threads with BENCH_KILLSWITCH_POOL=threads, on a queue
+   of the run's own); each takes BENCH_KILLSWITCH_TOOL_MS in its tool, so the workers have a
    backlog;
 2. once a few have started, the agent's switch is engaged in this process (`switch_engage`, as
    the console, the command and the API do). "engage" is the time from asking to committed: it

@@ -137,6 +137,11 @@ def counters() -> Counters:
 def count(subject: str, windows: Sequence[Window], *, bump: bool = True) -> list[int] | None:
     try:
         return counters().add(subject, windows, bump=bump)
-    except Exception:  # any failure of the store: the gate must not fail with it
-        logger.exception("firewall counters unavailable; proposal let through uncounted")
+    except Exception as exc:  # noqa: BLE001 (any failure of the store: the gate must not fail)
+        # One line per proposal, no traceback: the cause (Redis down, say) is the same for all.
+        logger.warning(
+            "firewall counters unavailable (%s: %s); proposal let through uncounted",
+            type(exc).__name__,
+            exc,
+        )
         return None

@@ -6,6 +6,7 @@ These tests commit (the quarantine runs in its own transaction once the gate's h
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from apps.accounts.roles import Role
 from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action, Status
 from apps.audit.models import AuditEvent
+from apps.killswitches import counters as counters_module
 from apps.killswitches.counters import LocalCounters, window
 from apps.killswitches.firewall import firewall_proposal
 from apps.killswitches.models import KillSwitch
@@ -169,3 +171,27 @@ def test_firewall__disabled__nothing_counted(desk: Desk, settings: Any) -> None:
     settings.FIREWALL_SCOPE_VIOLATIONS = 1
     outside_scope(desk)
     assert not KillSwitch.objects.exists()
+
+
+def test_counters_unreachable__proposal_decided_uncounted_with_one_warning_line(
+    desk: Desk, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given the firewall's counters on a Redis that does not answer (a closed loopback port)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    settings.FIREWALL_REDIS_URL = f"redis://127.0.0.1:{closed_port}/0"
+    counters_module._counters.clear()
+    try:
+        # When refund-bot proposes a refund
+        with caplog.at_level("WARNING", logger="apps.killswitches.counters"):
+            action = propose(desk)
+    finally:
+        counters_module._counters.clear()
+    # Then it is decided as always, and the outage is one warning line without a traceback
+    assert action.status == Status.QUEUED
+    lines = [r for r in caplog.records if r.name == "apps.killswitches.counters"]
+    assert lines
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in lines)
+    assert "ConnectionError" in lines[0].getMessage()
+    assert "proposal let through uncounted" in lines[0].getMessage()

@@ -6,6 +6,7 @@ default and the production configuration without reloading Django.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,7 +148,17 @@ def secret_key(env: Mapping[str, str], var_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     var_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    path.touch(mode=0o600)
-    path.write_text(key)
-    return key
+    # Written whole to a file of this process's own, then linked into place: processes starting
+    # together on a fresh machine (web, worker, scheduler) never read a half-written key, and
+    # the first link wins, so all of them use the same one.
+    draft = var_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secrets.token_urlsafe(50))
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process's key is in place
+    finally:
+        draft.unlink()
+    return path.read_text().strip()

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,28 @@ def test_secret_key__unset__generated_once_and_private(tmp_path: Path) -> None:
     assert len(first) >= 50
     mode = stat.S_IMODE((tmp_path / "secret_key").stat().st_mode)
     assert mode == 0o600
+
+
+def test_secret_key__unset__processes_starting_together_share_one(tmp_path: Path) -> None:
+    # Eight processes (here threads) starting at once on a fresh machine
+    start = threading.Barrier(8)
+    keys: list[str] = []
+
+    def boot() -> None:
+        start.wait()
+        keys.append(secret_key({}, tmp_path))
+
+    threads = [threading.Thread(target=boot) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # All use one whole key, the one on disk, and no draft is left behind
+    assert len(keys) == 8
+    assert len(set(keys)) == 1
+    assert len(keys[0]) >= 50
+    assert (tmp_path / "secret_key").read_text() == keys[0]
+    assert [entry.name for entry in tmp_path.iterdir()] == ["secret_key"]
 
 
 def test_secret_key__too_short__refused(tmp_path: Path) -> None:

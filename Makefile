@@ -19,7 +19,7 @@ venv: .venv/.installed  ## create .venv and install the pinned requirements
 
 run: venv  ## migrate, seed the demo and serve web + worker + scheduler on the embedded default
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo --port $(PORT)
 	@echo "Escapement on http://127.0.0.1:$(PORT)/  (Ctrl-C stops web, worker and scheduler)"
 	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-true} DEMO_TRAFFIC=$${DEMO_TRAFFIC:-true} WEB_PORT=$(PORT) $(BIN)/honcho -f Procfile start
 

@@ -3,6 +3,7 @@ tools, agents and published Decision Books. Running it again changes nothing tha
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +14,19 @@ from apps.books.models import BookVersion
 from apps.books.services import book_publish, draft_create, draft_update
 from apps.registry.models import Agent, ModelPrice, Tool, Workflow
 
-SANDBOX = "http://127.0.0.1:8000/sandbox"
+DEMO_PORT = 8000
+SANDBOX = f"http://127.0.0.1:{DEMO_PORT}/sandbox"
+# A demo tool still pointing at the sandbox of `make run` on some port (not repointed by hand).
+_LOCAL_SANDBOX = re.compile(r"^http://127\.0\.0\.1:\d+/sandbox(/|$)")
+
+
+def sandbox_url(port: int) -> str:
+    """The demo sandbox's address when `make run` serves on `port`."""
+    return f"http://127.0.0.1:{port}/sandbox"
+
+
+def _pointed_at(url: str, sandbox: str) -> str:
+    return _LOCAL_SANDBOX.sub(lambda found: sandbox + found.group(1), url)
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -241,13 +254,33 @@ PRICES = [
 
 
 @transaction.atomic
-def demo_world_ensure(*, author: User, owner: User, escalation_owner: User) -> list[str]:
-    """Create what is missing of the demo world; return what was created, for the log."""
+def demo_world_ensure(
+    *, author: User, owner: User, escalation_owner: User, sandbox: str = SANDBOX
+) -> list[str]:
+    """Create what is missing of the demo world; return what was created, for the log.
+
+    The demo tools call the sandbox at `sandbox` (the web server of `make run`, on the port it
+    serves); run again with another address, the demo tools that still point at a local
+    sandbox are repointed."""
     created: list[str] = []
     for spec in TOOLS:
-        _, new = Tool.objects.get_or_create(slug=spec["slug"], defaults=spec)
+        urls: dict[str, str] = {
+            name: _pointed_at(spec[name], sandbox)
+            for name in ("endpoint_url", "undo_endpoint_url")
+            if name in spec
+        }
+        tool, new = Tool.objects.get_or_create(slug=spec["slug"], defaults={**spec, **urls})
         if new:
             created.append(f"tool {spec['slug']}")
+            continue
+        moved = {
+            name: _pointed_at(getattr(tool, name), sandbox)
+            for name in urls
+            if _pointed_at(getattr(tool, name), sandbox) != getattr(tool, name)
+        }
+        if moved:
+            Tool.objects.filter(pk=tool.pk).update(**moved)
+            created.append(f"tool {spec['slug']} pointed at {sandbox}")
     for provider, model, price_in, price_out in PRICES:
         ModelPrice.objects.get_or_create(
             provider=provider,

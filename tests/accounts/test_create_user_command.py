@@ -123,3 +123,35 @@ def test_seed_demo__world__three_workflows_with_published_books(
         "auto_cap": 5000,
         "hard_cap": 50000,
     }
+
+
+def test_seed_demo__port__tools_call_that_sandbox_and_follow_a_new_port(
+    settings: object, tmp_path: object
+) -> None:
+    from apps.registry.models import Tool
+
+    setattr(settings, "VAR_DIR", tmp_path)  # noqa: B010
+    # Served on 8123: every demo tool calls the sandbox there
+    call_command("seed_demo", "--port", "8123", stdout=StringIO())
+    refund = Tool.objects.get(slug="issue_refund")
+    assert refund.endpoint_url == "http://127.0.0.1:8123/sandbox/refunds"
+    assert refund.undo_endpoint_url == "http://127.0.0.1:8123/sandbox/refunds/undo"
+    assert (
+        not Tool.objects.exclude(endpoint_url="")
+        .exclude(endpoint_url__startswith="http://127.0.0.1:8123/sandbox/")
+        .exists()
+    )
+    # A tool pointed elsewhere by hand stays; the rest follow the next port
+    Tool.objects.filter(slug="lookup_order").update(endpoint_url="https://orders.example/lookup")
+    out = StringIO()
+    call_command("seed_demo", stdout=out)  # the default port, 8000
+    refund.refresh_from_db()
+    assert refund.endpoint_url == "http://127.0.0.1:8000/sandbox/refunds"
+    assert "issue_refund pointed at http://127.0.0.1:8000/sandbox" in out.getvalue()
+    assert Tool.objects.get(slug="lookup_order").endpoint_url == "https://orders.example/lookup"
+
+
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_seed_demo__port_out_of_range__one_line_naming_it(port: str) -> None:
+    with pytest.raises(CommandError, match=r"^--port: must be between 1 and 65535"):
+        call_command("seed_demo", "--port", port, stdout=StringIO())

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.accounts.demo import demo_users_ensure
-from apps.books.demo import demo_world_ensure
+from apps.books.demo import DEMO_PORT, demo_world_ensure, sandbox_url
 from apps.runtime.demo import demo_runtime_ensure
 from apps.sandbox.demo import sandbox_seed
 
@@ -17,12 +17,25 @@ from apps.sandbox.demo import sandbox_seed
 class Command(BaseCommand):
     help = "Create the demo world (users per role, workflows, agents, books); print the logins."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=DEMO_PORT,
+            help=f"the port the web server serves (default {DEMO_PORT}): the demo tools call "
+            "its sandbox",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        port: int = options["port"]
+        if not 1 <= port <= 65535:
+            raise CommandError(f"--port: must be between 1 and 65535, got {port}")
         logins = demo_users_ensure()
         created = demo_world_ensure(
             author=User.objects.get(username="risk"),
             owner=User.objects.get(username="admin"),
             escalation_owner=User.objects.get(username="supervisor"),
+            sandbox=sandbox_url(port),
         )
         created += sandbox_seed()
         created += demo_runtime_ensure()

@@ -250,6 +250,7 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 
 def _cycle(fixture: Fixture, workers: list[Worker]) -> Cycle:
     ids = _queue_actions(fixture, ACTIONS)
+    wanted = set(ids)
     mine = Action.objects.filter(pk__in=ids)
     _wait(
         lambda: mine.filter(started_at__isnull=False).count() >= STARTED_BEFORE_ENGAGE,
@@ -271,7 +272,7 @@ def _cycle(fixture: Fixture, workers: list[Worker]) -> Cycle:
     def accounted() -> int:
         for worker in workers:
             worker.read()
-        refused = {i for worker in workers for i in worker.refusals if i in set(ids)}
+        refused = {i for worker in workers for i in worker.refusals if i in wanted}
         started = set(map(str, mine.filter(started_at__isnull=False).values_list("pk", flat=True)))
         return len(refused | started)
 
@@ -289,7 +290,6 @@ def _cycle(fixture: Fixture, workers: list[Worker]) -> Cycle:
             break
         time.sleep(0.005)
     undelivered = max(0, len(ids) - count)
-    wanted = set(ids)
     firsts = [
         min(
             ((at, worker.took[i]) for i, at in worker.refusals.items() if i in wanted),

@@ -29,6 +29,21 @@ def broker_down(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("apps.actions.tasks.execute_action.delay", refuse)
 
 
+def proposed(key: IssuedKey, capture: CaptureCallbacks, **body: Any) -> str:
+    """An allowed proposal through the API, its message handed over at commit; its id."""
+    with capture(execute=True):
+        response = propose(Client(), key.key, proposal_body(**body))
+    assert response.status_code == 201, response.content
+    return str(response.json()["id"])
+
+
+def sends_recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The broker back: what is sent to the workers from now on, in order."""
+    sent: list[str] = []
+    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    return sent
+
+
 def test_broker_down__proposal_answered_and_kept_queued__sent_again_when_back(
     book: BookVersion,
     key: IssuedKey,
@@ -37,10 +52,7 @@ def test_broker_down__proposal_answered_and_kept_queued__sent_again_when_back(
     enqueued: list[str],
 ) -> None:
     broker_down(monkeypatch)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = propose(Client(), key.key, proposal_body())
-    assert response.status_code == 201, response.content
-    action = Action.objects.get(pk=response.json()["id"])
+    action = Action.objects.get(pk=proposed(key, django_capture_on_commit_callbacks))
     assert action.status == Status.QUEUED
 
     later = timezone.now() + timedelta(seconds=61)
@@ -49,8 +61,7 @@ def test_broker_down__proposal_answered_and_kept_queued__sent_again_when_back(
     assert Action.objects.get(pk=action.pk).status == Status.QUEUED
 
     monkeypatch.undo()
-    sent: list[str] = []
-    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    sent = sends_recorded(monkeypatch)
     assert actions_requeue(timezone.now()).sent == 0  # not stale yet: its message may be on its way
     assert actions_requeue(later).sent == 1
     assert sent == [str(action.pk)]
@@ -63,9 +74,7 @@ def test_requeue_leaves_actions_a_kill_switch_holds(
     enqueued: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        response = propose(Client(), key.key, proposal_body())
-    action_id = response.json()["id"]
+    action_id = proposed(key, django_capture_on_commit_callbacks)
     KillSwitch.objects.create(
         scope=Scope.AGENT,
         target="refund-bot",
@@ -73,8 +82,7 @@ def test_requeue_leaves_actions_a_kill_switch_holds(
         engaged_by="dana",
         engaged_at=timezone.now(),
     )
-    sent: list[Any] = []
-    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    sent = sends_recorded(monkeypatch)
     assert actions_requeue(timezone.now() + timedelta(minutes=5)).sent == 0
     KillSwitch.objects.update(released_at=timezone.now(), released_by="dana")
     assert actions_requeue(timezone.now() + timedelta(minutes=5)).sent == 1
@@ -93,11 +101,8 @@ def test_requeue__same_stale_action__sent_again_at_most_once_per_threshold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given an action queued long ago whose message has not been run (a backlog, or lost)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = propose(Client(), key.key, proposal_body())
-    action_id = response.json()["id"]
-    sent: list[Any] = []
-    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    action_id = proposed(key, django_capture_on_commit_callbacks)
+    sent = sends_recorded(monkeypatch)
     later = timezone.now() + timedelta(seconds=61)
 
     # When the sweep runs every 30 s
@@ -124,14 +129,11 @@ def test_requeue__running_actions__only_those_whose_lease_ended_long_ago_sent_ag
     for n, lease_end in enumerate(
         [now - timedelta(minutes=2), now - timedelta(seconds=5), now + timedelta(seconds=30)]
     ):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = propose(Client(), key.key, proposal_body(idempotency_key=f"lease-{n}"))
-        ids.append(response.json()["id"])
+        ids.append(proposed(key, django_capture_on_commit_callbacks, idempotency_key=f"lease-{n}"))
         Action.objects.filter(pk=ids[-1]).update(
             status=Status.RUNNING, started_at=now - timedelta(minutes=3), lease_expires_at=lease_end
         )
-    sent: list[Any] = []
-    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    sent = sends_recorded(monkeypatch)
 
     # When the sweep runs, and runs again 30 s later
     first = actions_requeue(now)

@@ -32,6 +32,8 @@ from apps.actions.models import Action
 from apps.registry.models import AgentKey, Tool
 from apps.registry.services import agent_key_create
 from apps.sandbox.demo import sandbox_seed
+from apps.sandbox.models import FaultMode
+from apps.sandbox.services import faults_set
 from controlplane.celery import app as celery_app
 from tests.conftest import ROOT, database_url_for_subprocess
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
@@ -230,3 +232,14 @@ def worker_stop(worker: Worker) -> None:
         os.killpg(worker.process.pid, signal.SIGKILL)
     worker.process.wait(timeout=10)
     worker.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def workers(transactional_db: Any) -> Iterator[list[Worker]]:
+    """The Celery workers a test starts (it appends them): stopped when it ends, however it
+    ends, and the sandbox made healthy again."""
+    started: list[Worker] = []
+    yield started
+    faults_set(mode=FaultMode.HEALTHY)
+    for worker in started:
+        worker_stop(worker)

@@ -37,7 +37,6 @@ from tests.execution.conftest import (
     wait_for_status,
     worker_kill,
     worker_start,
-    worker_stop,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,154 +62,146 @@ def purge(queue: str) -> None:
 
 
 def test_second_message__action_running_elsewhere__tool_not_called_again_and_succeeds_once(
-    world: World, own_queue: str, sandbox_requests: list[SandboxRequest]
+    world: World,
+    own_queue: str,
+    sandbox_requests: list[SandboxRequest],
+    workers: list[Worker],
 ) -> None:
-    workers: list[Worker] = []
-    try:
-        # Given a worker with two threads, and a sandbox slow enough that the first delivery's
-        # call is still in flight when a second message for the same action arrives
-        world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
-        world.tool.save()
-        env = {"ACTION_LEASE_MARGIN_SECONDS": str(LEASE_MARGIN_SECONDS)}
-        workers.append(
-            worker_start(queue=own_queue, name="leases", env=env, pool="threads", concurrency=2)
-        )
-        faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
-        action = propose_refund(world, amount_cents=3_000)
-        running = wait_for_status(action, Status.RUNNING)
-        wait_until(
-            lambda: calls_with(sandbox_requests, action.downstream_key) == 1,
-            "the first delivery's call reached the sandbox",
-        )
+    # Given a worker with two threads, and a sandbox slow enough that the first delivery's
+    # call is still in flight when a second message for the same action arrives
+    world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
+    world.tool.save()
+    env = {"ACTION_LEASE_MARGIN_SECONDS": str(LEASE_MARGIN_SECONDS)}
+    workers.append(
+        worker_start(queue=own_queue, name="leases", env=env, pool="threads", concurrency=2)
+    )
+    faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
+    action = propose_refund(world, amount_cents=3_000)
+    running = wait_for_status(action, Status.RUNNING)
+    wait_until(
+        lambda: calls_with(sandbox_requests, action.downstream_key) == 1,
+        "the first delivery's call reached the sandbox",
+    )
 
-        # When a second message for the action arrives (the sweep's reminder, a duplicate)
-        execute_action.delay(str(action.pk))
+    # When a second message for the action arrives (the sweep's reminder, a duplicate)
+    execute_action.delay(str(action.pk))
 
-        # Then the action ends succeeded, once
-        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
-        assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[0].log()}"
-        # ... and once the second delivery has ended too (two task runs finished: the first
-        # delivery, and the second one's), the system of record was called once: the second
-        # found the lease held, came back after its end without calling, and found it finished
-        wait_until(
-            lambda: workers[0].log().count("] succeeded in") >= 2,
-            "the second delivery ended",
-        )
-        log = workers[0].log()
-        assert calls_with(sandbox_requests, action.downstream_key) == 1, log
-        assert "is being run by another worker: not called" in log
-        assert effect_count(action.downstream_key) == 1
-        assert len(refunds_for(ROOMY_ORDER)) == 1
-        assert done.attempts == 1
-        assert done.lease_expires_at == running.lease_expires_at
-        verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
-        assert verbs.count("action.running") == 1
-        assert verbs.count("action.succeeded") == 1
-    finally:
-        faults_set(mode=FaultMode.HEALTHY)
-        for worker in workers:
-            worker_stop(worker)
+    # Then the action ends succeeded, once
+    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
+    assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[0].log()}"
+    # ... and once the second delivery has ended too (two task runs finished: the first
+    # delivery, and the second one's), the system of record was called once: the second
+    # found the lease held, came back after its end without calling, and found it finished
+    wait_until(
+        lambda: workers[0].log().count("] succeeded in") >= 2,
+        "the second delivery ended",
+    )
+    log = workers[0].log()
+    assert calls_with(sandbox_requests, action.downstream_key) == 1, log
+    assert "is being run by another worker: not called" in log
+    assert effect_count(action.downstream_key) == 1
+    assert len(refunds_for(ROOMY_ORDER)) == 1
+    assert done.attempts == 1
+    assert done.lease_expires_at == running.lease_expires_at
+    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    assert verbs.count("action.running") == 1
+    assert verbs.count("action.succeeded") == 1
 
 
 def test_worker_killed_mid_call__reminder_arrives_within_its_lease__waits_then_completes_once(
-    world: World, own_queue: str, sandbox_requests: list[SandboxRequest]
+    world: World,
+    own_queue: str,
+    sandbox_requests: list[SandboxRequest],
+    workers: list[Worker],
 ) -> None:
     # A lease of 5 + 8 = 13 s from the claim: it still runs when the second worker, started
     # after the first is killed, reads the reminder (a worker starts in a few seconds).
     env = {"ACTION_LEASE_MARGIN_SECONDS": "8"}
-    workers: list[Worker] = []
-    try:
-        # Given a worker calling the slow sandbox for an action
-        world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
-        world.tool.save()
-        workers.append(worker_start(queue=own_queue, name="dying", env=env))
-        faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
-        action = propose_refund(world, amount_cents=3_000)
-        running = wait_for_status(action, Status.RUNNING)
-        assert running.lease_expires_at is not None
-        wait_until(
-            lambda: calls_with(sandbox_requests, action.downstream_key) == 1,
-            "the first worker's call reached the sandbox",
-        )
+    # Given a worker calling the slow sandbox for an action
+    world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
+    world.tool.save()
+    workers.append(worker_start(queue=own_queue, name="dying", env=env))
+    faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
+    action = propose_refund(world, amount_cents=3_000)
+    running = wait_for_status(action, Status.RUNNING)
+    assert running.lease_expires_at is not None
+    wait_until(
+        lambda: calls_with(sandbox_requests, action.downstream_key) == 1,
+        "the first worker's call reached the sandbox",
+    )
 
-        # When that worker is killed mid-call (its message stays unacknowledged in Redis for
-        # the visibility timeout, an hour), and a reminder for the action reaches another
-        # worker while the dead one's lease still runs
-        worker_kill(workers[0])
-        faults_set(mode=FaultMode.HEALTHY)
-        execute_action.delay(str(action.pk))
-        workers.append(worker_start(queue=own_queue, name="living", env=env))
+    # When that worker is killed mid-call (its message stays unacknowledged in Redis for
+    # the visibility timeout, an hour), and a reminder for the action reaches another
+    # worker while the dead one's lease still runs
+    worker_kill(workers[0])
+    faults_set(mode=FaultMode.HEALTHY)
+    execute_action.delay(str(action.pk))
+    workers.append(worker_start(queue=own_queue, name="living", env=env))
 
-        # Then the second worker does not call at once: it comes back at the lease's end,
-        # takes the lease over, and runs the action to the end, once
-        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=30)
-        assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
-        assert "is being run by another worker: not called" in workers[1].log()
-        assert done.finished_at is not None
-        assert done.finished_at >= running.lease_expires_at
-        assert done.lease_expires_at is not None
-        assert done.lease_expires_at > running.lease_expires_at
-        # ... one call from each worker, one refund (the idempotency key made the second a
-        # repeat of the first)
-        assert calls_with(sandbox_requests, action.downstream_key) == 2
-        assert effect_count(action.downstream_key) == 1
-        assert len(refunds_for(ROOMY_ORDER)) == 1
-        assert done.attempts == 2
-    finally:
-        faults_set(mode=FaultMode.HEALTHY)
-        for worker in workers:
-            worker_stop(worker)
+    # Then the second worker does not call at once: it comes back at the lease's end,
+    # takes the lease over, and runs the action to the end, once
+    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=30)
+    assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
+    assert "is being run by another worker: not called" in workers[1].log()
+    assert done.finished_at is not None
+    assert done.finished_at >= running.lease_expires_at
+    assert done.lease_expires_at is not None
+    assert done.lease_expires_at > running.lease_expires_at
+    # ... one call from each worker, one refund (the idempotency key made the second a
+    # repeat of the first)
+    assert calls_with(sandbox_requests, action.downstream_key) == 2
+    assert effect_count(action.downstream_key) == 1
+    assert len(refunds_for(ROOMY_ORDER)) == 1
+    assert done.attempts == 2
 
 
 def test_running_action_whose_lease_ended_long_ago__sent_again_by_sweep__succeeds_once(
-    world: World, own_queue: str, sandbox_requests: list[SandboxRequest]
+    world: World,
+    own_queue: str,
+    sandbox_requests: list[SandboxRequest],
+    workers: list[Worker],
 ) -> None:
-    workers: list[Worker] = []
-    try:
-        # Given an action a worker claimed two minutes ago and never finished: the worker died
-        # before calling, its lease ended long ago, and its message is gone (the broker lost it)
-        action = propose_refund(world, amount_cents=3_000)
-        purge(own_queue)
-        long_ago = timezone.now() - timedelta(minutes=2)
-        transition(
-            action,
-            Status.RUNNING,
-            actor="system:worker",
-            started_at=long_ago,
-            lease_expires_at=long_ago + timedelta(seconds=40),
-        )
-        # ... and another one still within its lease (its worker busy with it)
-        busy = propose_refund(world, amount_cents=1_000)
-        purge(own_queue)
-        transition(
-            busy,
-            Status.RUNNING,
-            actor="system:worker",
-            started_at=timezone.now(),
-            lease_expires_at=timezone.now() + timedelta(seconds=40),
-        )
+    # Given an action a worker claimed two minutes ago and never finished: the worker died
+    # before calling, its lease ended long ago, and its message is gone (the broker lost it)
+    action = propose_refund(world, amount_cents=3_000)
+    purge(own_queue)
+    long_ago = timezone.now() - timedelta(minutes=2)
+    transition(
+        action,
+        Status.RUNNING,
+        actor="system:worker",
+        started_at=long_ago,
+        lease_expires_at=long_ago + timedelta(seconds=40),
+    )
+    # ... and another one still within its lease (its worker busy with it)
+    busy = propose_refund(world, amount_cents=1_000)
+    purge(own_queue)
+    transition(
+        busy,
+        Status.RUNNING,
+        actor="system:worker",
+        started_at=timezone.now(),
+        lease_expires_at=timezone.now() + timedelta(seconds=40),
+    )
 
-        # When the scheduler's requeue sweep runs, and a worker reads the queue
-        report = actions_requeue()
-        workers.append(worker_start(queue=own_queue, name="sweep", env={}))
+    # When the scheduler's requeue sweep runs, and a worker reads the queue
+    report = actions_requeue()
+    workers.append(worker_start(queue=own_queue, name="sweep", env={}))
 
-        # Then only the abandoned action was sent again
-        assert (report.sent, report.failed) == (1, 0)
-        # ... and it ends succeeded, once, with one call to the system of record
-        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
-        assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[0].log()}"
-        assert done.attempts == 1
-        assert calls_with(sandbox_requests, action.downstream_key) == 1
-        assert effect_count(action.downstream_key) == 1
-        verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
-        assert verbs.count("action.running") == 1
-        assert verbs.count("action.succeeded") == 1
-        # ... while the one still leased was left to its worker
-        assert Action.objects.get(pk=busy.pk).status == Status.RUNNING
-        assert calls_with(sandbox_requests, busy.downstream_key) == 0
-    finally:
-        for worker in workers:
-            worker_stop(worker)
+    # Then only the abandoned action was sent again
+    assert (report.sent, report.failed) == (1, 0)
+    # ... and it ends succeeded, once, with one call to the system of record
+    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
+    assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[0].log()}"
+    assert done.attempts == 1
+    assert calls_with(sandbox_requests, action.downstream_key) == 1
+    assert effect_count(action.downstream_key) == 1
+    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    assert verbs.count("action.running") == 1
+    assert verbs.count("action.succeeded") == 1
+    # ... while the one still leased was left to its worker
+    assert Action.objects.get(pk=busy.pk).status == Status.RUNNING
+    assert calls_with(sandbox_requests, busy.downstream_key) == 0
 
 
 @pytest.mark.usefixtures("celery_worker")

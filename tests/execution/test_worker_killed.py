@@ -35,7 +35,6 @@ from tests.execution.conftest import (
     wait_for_status,
     worker_kill,
     worker_start,
-    worker_stop,
 )
 
 # Seconds before Redis hands an unacknowledged task to another worker. Kombu's Redis transport
@@ -55,7 +54,10 @@ LEASE_MARGIN_SECONDS = 1
 
 @pytest.mark.django_db(transaction=True)
 def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
-    world: World, own_queue: str, sandbox_requests: list[SandboxRequest]
+    world: World,
+    own_queue: str,
+    sandbox_requests: list[SandboxRequest],
+    workers: list[Worker],
 ) -> None:
     env = {
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
@@ -63,61 +65,55 @@ def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
     }
     world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
     world.tool.save()
-    workers: list[Worker] = []
-    try:
-        # Given a worker whose prefork child runs the task, and a sandbox slow enough that the
-        # refund call is still in flight when the worker dies
-        workers.append(worker_start(queue=own_queue, name="first", env=env))
-        faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
-        action = propose_refund(world, amount_cents=3_000)
-        running = wait_for_status(action, Status.RUNNING, timeout=15)
-        assert running.started_at is not None
-        assert running.lease_expires_at is not None
-        lease = running.lease_expires_at - running.started_at
-        assert lease.total_seconds() == TOOL_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS
-        deadline = time.monotonic() + 10
-        while not calls_with(sandbox_requests, f"esc-{action.pk}"):
-            assert time.monotonic() < deadline, "the worker's call never reached the sandbox"
-            time.sleep(0.02)
-        assert not refunds_for(ROOMY_ORDER).exists()
+    # Given a worker whose prefork child runs the task, and a sandbox slow enough that the
+    # refund call is still in flight when the worker dies
+    workers.append(worker_start(queue=own_queue, name="first", env=env))
+    faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
+    action = propose_refund(world, amount_cents=3_000)
+    running = wait_for_status(action, Status.RUNNING, timeout=15)
+    assert running.started_at is not None
+    assert running.lease_expires_at is not None
+    lease = running.lease_expires_at - running.started_at
+    assert lease.total_seconds() == TOOL_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS
+    deadline = time.monotonic() + 10
+    while not calls_with(sandbox_requests, f"esc-{action.pk}"):
+        assert time.monotonic() < deadline, "the worker's call never reached the sandbox"
+        time.sleep(0.02)
+    assert not refunds_for(ROOMY_ORDER).exists()
 
-        # When the worker's whole process group is killed mid-call
-        worker_kill(workers[0])
-        # ... the orphaned call still lands in the sandbox (its caller is gone, not the request)
-        deadline = time.monotonic() + 10
-        while not refunds_for(ROOMY_ORDER).exists():
-            assert time.monotonic() < deadline, "the orphaned call never made its refund"
-            time.sleep(0.05)
-        assert Action.objects.get(pk=action.pk).status == Status.RUNNING
-        faults_set(mode=FaultMode.HEALTHY)
-        # ... and a second worker starts on the same queue once the message is visible again
-        visible_again = running.started_at.timestamp() + VISIBILITY_TIMEOUT + 1
-        time.sleep(max(0.0, visible_again - timezone.now().timestamp()))
-        workers.append(worker_start(queue=own_queue, name="second", env=env))
+    # When the worker's whole process group is killed mid-call
+    worker_kill(workers[0])
+    # ... the orphaned call still lands in the sandbox (its caller is gone, not the request)
+    deadline = time.monotonic() + 10
+    while not refunds_for(ROOMY_ORDER).exists():
+        assert time.monotonic() < deadline, "the orphaned call never made its refund"
+        time.sleep(0.05)
+    assert Action.objects.get(pk=action.pk).status == Status.RUNNING
+    faults_set(mode=FaultMode.HEALTHY)
+    # ... and a second worker starts on the same queue once the message is visible again
+    visible_again = running.started_at.timestamp() + VISIBILITY_TIMEOUT + 1
+    time.sleep(max(0.0, visible_again - timezone.now().timestamp()))
+    workers.append(worker_start(queue=own_queue, name="second", env=env))
 
-        # Then the action ends succeeded, once, with exactly one refund in the sandbox
-        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=20)
-        assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
-        refunds = list(refunds_for(ROOMY_ORDER))
-        assert len(refunds) == 1
-        assert done.result is not None
-        assert done.result["refund_id"] == refunds[0].pk
-        assert effect_count(f"esc-{action.pk}") == 1
-        # ... the second worker called only once the dead worker's lease had ended
-        assert done.finished_at is not None
-        assert done.finished_at >= running.lease_expires_at
-        # ... though the sandbox was called twice, once by each worker: the key made it one
-        assert calls_with(sandbox_requests, f"esc-{action.pk}") == 2
-        assert done.attempts == 2
-        verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
-        assert verbs == [
-            "action.proposed",
-            "action.approved",
-            "action.queued",
-            "action.running",
-            "action.succeeded",
-        ]
-    finally:
-        faults_set(mode=FaultMode.HEALTHY)
-        for worker in workers:
-            worker_stop(worker)
+    # Then the action ends succeeded, once, with exactly one refund in the sandbox
+    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=20)
+    assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
+    refunds = list(refunds_for(ROOMY_ORDER))
+    assert len(refunds) == 1
+    assert done.result is not None
+    assert done.result["refund_id"] == refunds[0].pk
+    assert effect_count(f"esc-{action.pk}") == 1
+    # ... the second worker called only once the dead worker's lease had ended
+    assert done.finished_at is not None
+    assert done.finished_at >= running.lease_expires_at
+    # ... though the sandbox was called twice, once by each worker: the key made it one
+    assert calls_with(sandbox_requests, f"esc-{action.pk}") == 2
+    assert done.attempts == 2
+    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    assert verbs == [
+        "action.proposed",
+        "action.approved",
+        "action.queued",
+        "action.running",
+        "action.succeeded",
+    ]

@@ -29,6 +29,7 @@ from apps.accounts.roles import Role
 from apps.actions import connectors
 from apps.actions.gate import Proposal, action_propose
 from apps.actions.models import Action
+from apps.audit.selectors import flight_record
 from apps.registry.models import AgentKey, Tool
 from apps.registry.services import agent_key_create
 from apps.sandbox.demo import sandbox_seed
@@ -42,6 +43,19 @@ from tests.factories import make_agent, make_published_book, make_tool, make_wor
 ROOMY_ORDER = "1003"
 SMALL_ORDER = "1001"
 ROOMY_ORDER_TOTAL = 3_950
+# The audit trail of an allowed action that ran once to success, in order.
+RAN_ONCE = [
+    "action.proposed",
+    "action.approved",
+    "action.queued",
+    "action.running",
+    "action.succeeded",
+]
+
+
+def trail_of(action: Action) -> list[str]:
+    """The verbs of the action's audit events, in order (its flight record)."""
+    return list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
 
 
 @dataclass(frozen=True)

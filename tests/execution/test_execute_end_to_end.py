@@ -9,15 +9,16 @@ import pytest
 
 from apps.accounts.roles import Role
 from apps.actions.models import Status
-from apps.audit.selectors import flight_record
 from apps.sandbox.models import IdempotencyRecord, Order, Refund
 from apps.sandbox.selectors import effect_count, refunds_for
 from tests.execution.conftest import (
+    RAN_ONCE,
     ROOMY_ORDER,
     ROOMY_ORDER_TOTAL,
     SandboxRequest,
     World,
     propose_refund,
+    trail_of,
     wait_for_status,
 )
 
@@ -44,14 +45,7 @@ def test_refund_30_eur__allowed__succeeds_once_with_result_and_trail(world: Worl
     assert refunds[0].action_ref == str(action.pk)
     assert effect_count(f"esc-{action.pk}") == 1
     # ... and each step of it in the audit trail, in order
-    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
-    assert verbs == [
-        "action.proposed",
-        "action.approved",
-        "action.queued",
-        "action.running",
-        "action.succeeded",
-    ]
+    assert trail_of(action) == RAN_ONCE
 
 
 def test_refund_300_eur__above_review_free_cap__held_and_sandbox_untouched(
@@ -66,7 +60,7 @@ def test_refund_300_eur__above_review_free_cap__held_and_sandbox_untouched(
     assert action.decision == "hold"
     assert {"issue_refund-review-above-5000"} <= {reason["policy"] for reason in action.reasons}
     assert action.queued_at is None
-    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    verbs = trail_of(action)
     assert verbs == ["action.proposed", "action.pending_review"]
     assert not refunds_for(ROOMY_ORDER).exists()
     assert not IdempotencyRecord.objects.exists()
@@ -117,6 +111,4 @@ def test_rollback_api__oncall__restores_order_and_rolls_back(world: World, clien
     assert action.status == Status.ROLLED_BACK
     assert action.undo_result is not None
     assert action.undo_result["changed"] is True
-    assert list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))[-1] == (
-        "action.rolled_back"
-    )
+    assert trail_of(action)[-1] == ("action.rolled_back")

@@ -22,7 +22,6 @@ from apps.actions.models import Action, Status
 from apps.actions.requeue import actions_requeue
 from apps.actions.states import transition
 from apps.actions.tasks import execute_action
-from apps.audit.selectors import flight_record
 from apps.sandbox.models import FaultMode
 from apps.sandbox.selectors import effect_count, refunds_for
 from apps.sandbox.services import faults_set
@@ -34,6 +33,7 @@ from tests.execution.conftest import (
     World,
     calls_with,
     propose_refund,
+    trail_of,
     wait_for_status,
     worker_kill,
     worker_start,
@@ -103,7 +103,7 @@ def test_second_message__action_running_elsewhere__tool_not_called_again_and_suc
     assert len(refunds_for(ROOMY_ORDER)) == 1
     assert done.attempts == 1
     assert done.lease_expires_at == running.lease_expires_at
-    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    verbs = trail_of(action)
     assert verbs.count("action.running") == 1
     assert verbs.count("action.succeeded") == 1
 
@@ -196,7 +196,7 @@ def test_running_action_whose_lease_ended_long_ago__sent_again_by_sweep__succeed
     assert done.attempts == 1
     assert calls_with(sandbox_requests, action.downstream_key) == 1
     assert effect_count(action.downstream_key) == 1
-    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    verbs = trail_of(action)
     assert verbs.count("action.running") == 1
     assert verbs.count("action.succeeded") == 1
     # ... while the one still leased was left to its worker

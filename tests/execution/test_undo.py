@@ -26,6 +26,7 @@ from tests.execution.conftest import (
     World,
     calls_with,
     propose_refund,
+    trail_of,
 )
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
 
@@ -90,7 +91,7 @@ def test_rollback__twice__second_refused_and_one_undo_effect(
     assert calls_with(sandbox_requests, undo_key) == 1
     assert effect_count(undo_key) == 1
     assert Order.objects.get(pk=ROOMY_ORDER).refundable_cents == ROOMY_ORDER_TOTAL
-    verbs = list(flight_record(action_id=str(action.pk)).values_list("verb", flat=True))
+    verbs = trail_of(action)
     assert verbs.count("action.rolled_back") == 1
 
 

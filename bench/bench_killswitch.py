@@ -66,6 +66,7 @@ POOL = ENV.get("BENCH_KILLSWITCH_POOL", "prefork")  # as deployed (docs/deployme
 TOOL_MS = float(ENV.get("BENCH_KILLSWITCH_TOOL_MS", "5"))
 WORKERS = 2
 OBSERVER_QUIET_SECONDS = 0.3
+DETAIL = ENV.get("BENCH_KILLSWITCH_DETAIL") == "1"  # one line per cycle on stderr
 TARGET_US = 50_000.0
 
 SCHEMA: dict[str, Any] = {
@@ -300,6 +301,12 @@ def _cycle(fixture: Fixture, workers: list[Worker]) -> Cycle:
     found = [first for first in firsts if first is not None]
     slowest = None if len(found) < len(firsts) else max(0.0, max(found)[0] - committed) * 1e6
     took = max(found)[1] * 1000 if found and slowest is not None else None
+    if DETAIL:
+        sys.stderr.write(
+            f"cycle: engage {engage_us / 1000:.1f} ms, firsts after commit "
+            + ", ".join(f"{(at - committed) * 1000:.1f} ms (task {ms:.1f})" for at, ms in found)
+            + "\n"
+        )
     started_before = mine.filter(started_at__lt=switch.engaged_at).count()
     started_after = mine.filter(started_at__gte=switch.engaged_at).count()
     refused = mine.filter(status=Status.QUEUED).count()

@@ -12,5 +12,7 @@ app = Celery("escapement")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Imported for its signal handlers, which carry the request id from web to worker.
-import apps.core.task_context  # noqa: E402, F401
+# Imported for their signal handlers, which carry the request id from web to worker, and keep a
+# worker's database connections from one task to the next.
+import apps.core.task_context  # noqa: E402
+import apps.core.worker_connections  # noqa: E402, F401

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from functools import cache
 from uuid import UUID
 
 from django.conf import settings
@@ -36,9 +35,9 @@ from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition, transition_record
 from apps.audit.services import audit_batch
 from apps.core.metrics import EXECUTIONS
-from apps.killswitches.fence import CLAIM_FENCE_SQL, fence_for_claim
+from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
-from apps.registry.models import Agent, Tool, Workflow
+from apps.registry.models import Tool
 
 logger = logging.getLogger(__name__)
 
@@ -168,51 +167,36 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
     return Outcome(Status.FAILED, note=error)
 
 
-# The claim on PostgreSQL: one statement that reads the action's status and whether an engaged
-# switch covers it, and moves it queued -> running when it is queued and not covered, returning
-# what it found and what it did. It is sent in one query string after the statement that takes
-# the fence, so a refused claim costs three round trips (BEGIN, the two statements, ROLLBACK)
-# and nothing built in Python; the action itself is read only once claimed. (`target` is read
-# with the statement's own snapshot, taken after the fence was granted: apps/killswitches/
-# fence.py. The UPDATE re-checks `status = 'queued'` on the row's newest version if another
-# claim or a drain changed it meanwhile, so of two claims only one moves it.)
-_CLAIM_SQL = """
-WITH target AS (
-    SELECT a.id, a.status, t.timeout_seconds,
-           EXISTS (
-               SELECT 1 FROM {switch} k
-               WHERE k.released_at IS NULL
-                 AND (k.scope = %(global)s
-                      OR (k.scope = %(workflow)s AND k.target = w.slug)
-                      OR (k.scope = %(agent)s AND k.target = g.slug)
-                      OR (k.scope = %(tool)s AND k.target = t.slug))
-           ) AS switched
-    FROM {action} a
-    JOIN {workflow_table} w ON w.id = a.workflow_id
-    JOIN {agent_table} g ON g.id = a.agent_id
-    JOIN {tool_table} t ON t.id = a.tool_id
-    WHERE a.id = %(id)s
-), claimed AS (
-    UPDATE {action} a
-    SET status = %(running)s, updated_at = %(now)s, started_at = now(),
-        lease_expires_at = now() + make_interval(secs => target.timeout_seconds + %(margin)s)
-    FROM target
-    WHERE a.id = %(id)s AND a.status = %(queued)s AND NOT target.switched
-    RETURNING a.id
-)
-SELECT target.status, target.switched, EXISTS (SELECT 1 FROM claimed) FROM target
-"""
+# The claim on PostgreSQL is two database functions (apps/actions/migrations/
+# 0006_claim_functions.py), planned once per connection: `actions_claim_look` reads the action's
+# status and whether an engaged switch covers it, behind the fence, writing nothing; and
+# `actions_claim` moves it queued -> running when it is queued and not covered, behind the fence,
+# returning what it found and whether it moved it. The action itself is read only once claimed.
+def _look(action_id: UUID) -> tuple[str, bool]:
+    """The action's status and whether an engaged switch covers it, read behind the fence:
+    a look that waits there while a switch is being engaged sees it once it commits. Outside a
+    transaction this is one statement and one round trip. Raises Action.DoesNotExist for an
+    unknown action."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM actions_claim_look(%s)", [action_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Action.DoesNotExist(f"no action {action_id}")
+    return row[0], row[1]
 
 
-@cache
-def _claim_sql() -> str:
-    return _CLAIM_SQL.format(
-        switch=KillSwitch._meta.db_table,
-        action=Action._meta.db_table,
-        workflow_table=Workflow._meta.db_table,
-        agent_table=Agent._meta.db_table,
-        tool_table=Tool._meta.db_table,
-    )
+def _claim_statement(action_id: UUID) -> tuple[str, bool, bool]:
+    """The claim statement (call inside a transaction): the status it found, whether a switch
+    covered the action, and whether it moved it to running."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM actions_claim(%s, %s, %s)",
+            [action_id, timezone.now(), float(settings.ACTION_LEASE_MARGIN_SECONDS)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Action.DoesNotExist(f"no action {action_id}")
+    return row[0], row[1], row[2]
 
 
 class Claim(Enum):
@@ -238,36 +222,25 @@ def _read(action_id: UUID) -> Action:
 def _claim(action_id: UUID) -> ClaimResult:
     """Claim a queued action for execution: queued -> running, with the kill-switch check,
     a start time and a lease, in one statement behind the fence that orders claims and engages
-    (apps/killswitches/fence.py explains why both are needed). A switch committed before the
+    (apps/killswitches/fence.py explains why both are needed), after a look that refuses at
+    once what a switch covers. A switch committed before the
     claim is always seen, and an action claimed before a switch's engage time always has an
     earlier start time: `started_at` is the database's clock, the one that stamps `engaged_at`.
     Raises Action.DoesNotExist for an unknown action."""
     if connection.vendor != "postgresql":
         return _claim_orm(action_id)
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            # The fence and the claim in one round trip: two statements in one query string
-            # (client-side binding, the PostgreSQL backend's default, sends it whole).
-            cursor.execute(
-                f"{CLAIM_FENCE_SQL};\n{_claim_sql()}",
-                {
-                    "id": action_id,
-                    "now": timezone.now(),
-                    "margin": float(settings.ACTION_LEASE_MARGIN_SECONDS),
-                    "queued": Status.QUEUED.value,
-                    "running": Status.RUNNING.value,
-                    **{scope.value: scope.value for scope in Scope},
-                },
-            )
-            cursor.nextset()  # past the fence's empty answer
-            row = cursor.fetchone()
-        if row is None:
-            raise Action.DoesNotExist(f"no action {action_id}")
-        status, switched, claimed = row
-        if claimed:
-            action = _read(action_id)
-            transition_record(action, status, actor="system:worker")
-            return ClaimResult(Claim.CLAIMED, action.status, action)
+    # First a look, one round trip: an action a switch covers is refused there, and so is one
+    # whose look waited at the fence while the switch was engaged (once it commits, the refusal
+    # costs no further round trip). Only a queued action that no switch covered is claimed, and
+    # the claim checks the switches again: one may have been engaged since the look.
+    status, switched = _look(action_id)
+    if status == Status.QUEUED and not switched:
+        with transaction.atomic():
+            status, switched, claimed = _claim_statement(action_id)
+            if claimed:
+                action = _read(action_id)
+                transition_record(action, status, actor="system:worker")
+                return ClaimResult(Claim.CLAIMED, action.status, action)
     if status != Status.QUEUED:
         return ClaimResult(Claim.NOT_QUEUED, status, None)
     if switched:

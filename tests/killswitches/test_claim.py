@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from apps.actions import execution
 from apps.actions.execution import Claim, ClaimResult, _claim, action_execute
 from apps.actions.models import Action, Status
 from apps.audit.models import AuditEvent
@@ -94,6 +96,30 @@ def test_claim__covered__refused_and_nothing_written(desk: Desk) -> None:
     assert AuditEvent.objects.count() == events
 
 
+def test_claim__covered__refused_by_the_look_in_one_round_trip(desk: Desk) -> None:
+    action = propose(desk)
+    switch_engage(scope="agent", target="refund-bot", reason="stop", actor="dana", via="api")
+
+    with CaptureQueriesContext(connection) as sent:
+        claim = _claim(action.pk)
+
+    assert claim.verdict is Claim.REFUSED
+    assert len(sent) == 1, [query["sql"] for query in sent]
+    assert sent[0]["sql"].startswith("SELECT * FROM actions_claim_look(")
+    assert action.pk.hex in sent[0]["sql"]
+
+
+def test_claim__not_covered__looks_then_claims(desk: Desk) -> None:
+    action = propose(desk)
+
+    with CaptureQueriesContext(connection) as sent:
+        claim = _claim(action.pk)
+
+    assert claim.verdict is Claim.CLAIMED
+    called = [query["sql"].split("(")[0] for query in sent if "actions_claim" in query["sql"]]
+    assert called == ["SELECT * FROM actions_claim_look", "SELECT * FROM actions_claim"]
+
+
 def test_execute__finished_action__not_run_again(desk: Desk) -> None:
     action = executed(desk)
     outcome = action_execute(action_id=action.pk)
@@ -116,11 +142,32 @@ def _waiting_on_a_lock(pid: int) -> bool:
     return bool(row[0])
 
 
-def claim_while_held(action_id: uuid.UUID, hold: Callable[[], object]) -> ClaimResult:
+def claim_while_held(
+    action_id: uuid.UUID,
+    hold: Callable[[], object],
+    *,
+    after_the_look: pytest.MonkeyPatch | None = None,
+    sent: list[str] | None = None,
+) -> ClaimResult:
     """Claim `action_id` on a thread of its own while another thread has run `hold` in a
     transaction it keeps open; once the claim waits on a lock, that transaction commits.
-    Returns what the claim found."""
+    With `after_the_look` (a monkeypatch), `hold` runs only once the claim's look has found the
+    action claimable, so that it is the claim itself that waits. The claim's statements are
+    added to `sent`. Returns what the claim found."""
     held, finish = threading.Event(), threading.Event()
+    looked = threading.Event()
+    if after_the_look is not None:
+        real_look = execution._look
+
+        def look_then_wait(action_id: uuid.UUID) -> tuple[str, bool]:
+            found = real_look(action_id)
+            looked.set()
+            assert held.wait(10)
+            return found
+
+        after_the_look.setattr(execution, "_look", look_then_wait)
+    else:
+        looked.set()
     committed_in_time: list[bool] = []
     found: list[ClaimResult] = []
     backend: list[int] = []
@@ -140,15 +187,23 @@ def claim_while_held(action_id: uuid.UUID, hold: Callable[[], object]) -> ClaimR
             connection.ensure_connection()
             backend.append(connection.connection.info.backend_pid)
             connected.set()
-            found.append(_claim(action_id))
+            with CaptureQueriesContext(connection) as captured:
+                found.append(_claim(action_id))
+            if sent is not None:
+                sent.extend(query["sql"] for query in captured)
         finally:
             connection.close()
 
     holding = threading.Thread(target=holder)
-    holding.start()
-    assert held.wait(10)
     claiming = threading.Thread(target=claimer)
-    claiming.start()
+    if after_the_look is None:
+        holding.start()
+        assert held.wait(10)
+        claiming.start()
+    else:
+        claiming.start()
+        assert looked.wait(10)
+        holding.start()
     assert connected.wait(10)
     deadline = time.monotonic() + 30
     while not _waiting_on_a_lock(backend[0]):
@@ -160,6 +215,22 @@ def claim_while_held(action_id: uuid.UUID, hold: Callable[[], object]) -> ClaimR
     assert committed_in_time == [True]
     assert len(found) == 1
     return found[0]
+
+
+def engaging(scope: str, target: str) -> Callable[[], None]:
+    """An engage's first steps, for `claim_while_held`: the fence taken, the switch written."""
+
+    def engage() -> None:
+        fence_for_engage()
+        KillSwitch.objects.create(
+            scope=scope,
+            target=target,
+            reason="stop",
+            engaged_by="dana",
+            engaged_at=timezone.now(),
+        )
+
+    return engage
 
 
 @pytest.mark.django_db(transaction=True)
@@ -190,20 +261,34 @@ def test_claim__waiting_at_the_fence_while_a_switch_commits__refused(
     # Given a queued action, and an engage holding the fence with its switch not yet committed
     action = propose(desk)
 
-    def engage() -> None:
-        fence_for_engage()
-        KillSwitch.objects.create(
-            scope="agent",
-            target="refund-bot",
-            reason="stop",
-            engaged_by="dana",
-            engaged_at=timezone.now(),
-        )
+    # When a worker claims the action meanwhile (its look waits at the fence)
+    sent: list[str] = []
+    claim = claim_while_held(action.pk, engaging("agent", "refund-bot"), sent=sent)
 
-    # When a worker claims the action meanwhile (it waits at the fence)
-    claim = claim_while_held(action.pk, engage)
+    # Then the look, whose statement runs after the switch committed, sees it: refused with
+    # no further statement
+    assert (claim.verdict, claim.status) == (Claim.REFUSED, Status.QUEUED)
+    assert len(sent) == 1
+    stored = Action.objects.get(pk=action.pk)
+    assert (stored.status, stored.started_at) == (Status.QUEUED, None)
 
-    # Then the claim, whose statement runs after the switch committed, sees it
+
+@pytest.mark.django_db(transaction=True)
+def test_claim__switch_engaged_between_the_look_and_the_claim__refused(
+    desk: Desk,
+    monkeypatch: pytest.MonkeyPatch,
+    own_queue: str,  # noqa: F811 (fixture: the session's worker must not claim it first)
+) -> None:
+    # Given a queued action whose look found it claimable, and then an engage holding the
+    # fence with its switch not yet committed
+    action = propose(desk)
+
+    # When the claim itself waits at the fence
+    claim = claim_while_held(
+        action.pk, engaging("tool", "issue_refund"), after_the_look=monkeypatch
+    )
+
+    # Then the claim statement, run after the switch committed, sees it
     assert (claim.verdict, claim.status) == (Claim.REFUSED, Status.QUEUED)
     stored = Action.objects.get(pk=action.pk)
     assert (stored.status, stored.started_at) == (Status.QUEUED, None)

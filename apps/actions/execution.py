@@ -223,10 +223,10 @@ def _claim(action_id: UUID) -> ClaimResult:
     """Claim a queued action for execution: queued -> running, with the kill-switch check,
     a start time and a lease, in one statement behind the fence that orders claims and engages
     (apps/killswitches/fence.py explains why both are needed), after a look that refuses at
-    once what a switch covers. A switch committed before the
-    claim is always seen, and an action claimed before a switch's engage time always has an
-    earlier start time: `started_at` is the database's clock, the one that stamps `engaged_at`.
-    Raises Action.DoesNotExist for an unknown action."""
+    once what a switch covers. A switch committed before the claim is always seen, and an
+    action claimed before a switch's engage time always has an earlier start time: `started_at`
+    is the database's clock, the one that stamps `engaged_at`. Raises Action.DoesNotExist for
+    an unknown action."""
     if connection.vendor != "postgresql":
         return _claim_orm(action_id)
     # First a look, one round trip: an action a switch covers is refused there, and so is one

@@ -154,3 +154,22 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]
         except subprocess.TimeoutExpired:
             process.kill()
         log_path.unlink(missing_ok=True)
+        with django_db_blocker.unblock():
+            other_sessions_ended()
+
+
+def other_sessions_ended(timeout: float = 10.0) -> None:
+    """Wait until no other session is connected to the test database. A worker keeps its
+    connections between tasks, and PostgreSQL ends a backend a moment after its process has
+    gone: the test database can only be dropped once they are all gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            row = cursor.fetchone()
+        if row is not None and row[0] == 0:
+            return
+        time.sleep(0.05)

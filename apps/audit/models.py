@@ -26,6 +26,11 @@ class AuditEvent(models.Model):
     trace_id = models.CharField(max_length=32, blank=True, default="")
     payload = models.JSONField(default=dict)
     payload_digest = models.CharField(max_length=64)
+    # The payload exactly as digested (canonical JSON), so that PostgreSQL can recompute the
+    # digest itself when the chain is verified. Empty (NULL) on events written before it was kept:
+    # their digests are recomputed from `payload` in Python.
+    # (Nullable: SQLite adds a nullable column in place, without rebuilding the append-only table.)
+    payload_canonical = models.TextField(null=True, blank=True, editable=False)  # noqa: DJ001
     previous_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
 

@@ -88,6 +88,7 @@ class _Pending:
     payload: Any
     digest: str
     trace_id: str
+    canonical: str | None = None  # the text digested; None: computed from `payload` on append
 
 
 _batch: ContextVar[list[_Pending] | None] = ContextVar("audit_batch", default=None)
@@ -130,6 +131,7 @@ def audit_record(
     # Stored exactly as digested: through JSON and back, so Decimals and datetimes become the
     # strings the verifier will read.
     payload = json.loads(canonical_json(data or {}))
+    canonical = canonical_json(payload)
     entry = _Pending(
         created_at=timezone.now(),
         actor_type=actor_type,
@@ -139,8 +141,9 @@ def audit_record(
         target_id=str(target.pk),
         subject=subject,
         payload=payload,
-        digest=payload_digest(payload),
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
         trace_id=current_trace_id() or "",
+        canonical=canonical,
     )
     batch = _batch.get()
     if batch is not None:
@@ -184,6 +187,9 @@ def _append(entries: list[_Pending]) -> list[AuditEvent]:
                 trace_id=entry.trace_id,
                 payload=entry.payload,
                 payload_digest=entry.digest,
+                payload_canonical=(
+                    canonical_json(entry.payload) if entry.canonical is None else entry.canonical
+                ),
                 previous_hash=previous,
                 hash=this_hash,
             )

@@ -6,6 +6,7 @@ exporter. Also: tracing stays off, and costs nothing, unless an OTLP endpoint is
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 import uuid
@@ -31,6 +32,7 @@ from apps.registry.services import agent_key_create
 from apps.sandbox.demo import sandbox_seed
 from controlplane.celery import app as celery_app
 from tests.actions.conftest import proposal_body, propose
+from tests.conftest import other_sessions_ended
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
 
 
@@ -62,6 +64,10 @@ def in_process_worker() -> Iterator[None]:
         celery_app.conf.task_default_queue = previous
         with celery_app.connection_for_write() as connection:
             Queue(queue).bind(connection.default_channel).delete()
+        # The worker's thread kept its database connection between tasks (as workers do); with
+        # the thread gone, it is closed once collected.
+        gc.collect()
+        other_sessions_ended()
 
 
 def wait_for(condition: Any, timeout: float = 20.0) -> None:

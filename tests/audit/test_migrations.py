@@ -1,6 +1,6 @@
-"""The migration that adds the trace id to a trail already holding events, on both databases the
-product runs on: the events stay as they were (with no trace id), and the database still
-refuses to change or remove them afterwards, and after migrating back."""
+"""The migrations that add a column to a trail already holding events (the trace id, the
+canonical payload text), on both databases the product runs on: the events stay as they were,
+and the database still refuses to change or remove them afterwards, and after migrating back."""
 
 from __future__ import annotations
 
@@ -110,3 +110,29 @@ def assert_append_only(run: Run) -> None:
         with pytest.raises(Exception, match="append-only"):
             run(statement)
     assert run("SELECT sequence, actor FROM audit_auditevent") == [(1, "system")]
+
+
+@pytest.mark.parametrize("database", ["postgres", "sqlite"])
+def test_migration__canonical_text_added_to_existing_events__trail_stays_append_only(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    url, run = request.getfixturevalue(database)
+    # Given a trail holding an event, written before the canonical payload text was kept
+    migrate(url, "0004")
+    run(
+        OLD_EVENT.replace("subject, payload,", "subject, trace_id, payload,").replace(
+            "'order:1042', '{}'", "'order:1042', '', '{}'"
+        )
+    )
+
+    # When the migration adds the column
+    migrate(url, "0005")
+
+    # Then the event is there as it was, without canonical text (verified in Python)
+    assert run("SELECT sequence, hash, payload_canonical FROM audit_auditevent") == [
+        (1, "hash-1", None)
+    ]
+    # ... and the database still refuses to change or remove it, and after migrating back too
+    assert_append_only(run)
+    migrate(url, "0004")
+    assert_append_only(run)

@@ -26,6 +26,14 @@ OLD_EVENT = (
     " 'order:1042', '{}', 'digest', '0000', 'hash-1')"
 )
 
+# The same event once the trace id is kept (it has none).
+OLD_EVENT_WITH_TRACE = (
+    "INSERT INTO audit_auditevent (sequence, created_at, actor_type, actor, verb, target_type,"
+    " target_id, subject, trace_id, payload, payload_digest, previous_hash, hash) VALUES (1,"
+    " '2026-01-05 10:00:00+00:00', 'system', 'system', 'test.event', 'registry.workflow', '1',"
+    " 'order:1042', '', '{}', 'digest', '0000', 'hash-1')"
+)
+
 Run = Callable[[str], list[tuple[Any, ...]]]
 
 
@@ -80,25 +88,35 @@ def sqlite(tmp_path: Path) -> tuple[str, Run]:
     return f"sqlite:///{path}", run
 
 
+# Each migration that adds a column to the trail: the migration before it, the migration, an
+# event as written before it, the column, and the value the old event gets.
+ADDED_COLUMNS = {
+    "trace id": ("0003", "0004", OLD_EVENT, "trace_id", ""),
+    "canonical text": ("0004", "0005", OLD_EVENT_WITH_TRACE, "payload_canonical", None),
+}
+
+
 @pytest.mark.parametrize("database", ["postgres", "sqlite"])
-def test_migration__trace_id_added_to_existing_events__trail_stays_append_only(
-    database: str, request: pytest.FixtureRequest
+@pytest.mark.parametrize("added", sorted(ADDED_COLUMNS))
+def test_migration__column_added_to_existing_events__trail_stays_append_only(
+    database: str, added: str, request: pytest.FixtureRequest
 ) -> None:
+    before, migration, old_event, column, value = ADDED_COLUMNS[added]
     url, run = request.getfixturevalue(database)
-    # Given a trail holding an event, written before trace ids were kept
-    migrate(url, "0003")
-    run(OLD_EVENT)
+    # Given a trail holding an event, written before the column was kept
+    migrate(url, before)
+    run(old_event)
 
-    # When the migration adds the trace id
-    migrate(url, "0004")
+    # When the migration adds the column
+    migrate(url, migration)
 
-    # Then the event is there as it was, with no trace id
-    assert run("SELECT sequence, verb, hash, trace_id FROM audit_auditevent") == [
-        (1, "test.event", "hash-1", "")
+    # Then the event is there as it was, with the column's value for old events
+    assert run(f"SELECT sequence, verb, hash, {column} FROM audit_auditevent") == [  # noqa: S608
+        (1, "test.event", "hash-1", value)
     ]
     # ... and the database still refuses to change or remove it, and after migrating back too
     assert_append_only(run)
-    migrate(url, "0003")
+    migrate(url, before)
     assert_append_only(run)
 
 
@@ -110,29 +128,3 @@ def assert_append_only(run: Run) -> None:
         with pytest.raises(Exception, match="append-only"):
             run(statement)
     assert run("SELECT sequence, actor FROM audit_auditevent") == [(1, "system")]
-
-
-@pytest.mark.parametrize("database", ["postgres", "sqlite"])
-def test_migration__canonical_text_added_to_existing_events__trail_stays_append_only(
-    database: str, request: pytest.FixtureRequest
-) -> None:
-    url, run = request.getfixturevalue(database)
-    # Given a trail holding an event, written before the canonical payload text was kept
-    migrate(url, "0004")
-    run(
-        OLD_EVENT.replace("subject, payload,", "subject, trace_id, payload,").replace(
-            "'order:1042', '{}'", "'order:1042', '', '{}'"
-        )
-    )
-
-    # When the migration adds the column
-    migrate(url, "0005")
-
-    # Then the event is there as it was, without canonical text (verified in Python)
-    assert run("SELECT sequence, hash, payload_canonical FROM audit_auditevent") == [
-        (1, "hash-1", None)
-    ]
-    # ... and the database still refuses to change or remove it, and after migrating back too
-    assert_append_only(run)
-    migrate(url, "0004")
-    assert_append_only(run)

@@ -21,7 +21,7 @@ run: venv  ## migrate, seed the demo and serve web + worker + scheduler on the e
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo --port $(PORT)
 	@echo "Escapement on http://127.0.0.1:$(PORT)/  (Ctrl-C stops web, worker and scheduler)"
-	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-true} DEMO_TRAFFIC=$${DEMO_TRAFFIC:-true} WEB_PORT=$(PORT) $(BIN)/honcho -f Procfile start
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-true} DEMO_TRAFFIC=$${DEMO_TRAFFIC:-true} SANDBOX_ENABLED=$${SANDBOX_ENABLED:-true} WEB_PORT=$(PORT) $(BIN)/honcho -f Procfile start
 
 test: venv  ## lint, then the whole suite against real PostgreSQL and Redis (started if needed)
 	$(MAKE) --no-print-directory lint

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import secrets
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,10 +54,12 @@ def answers(port: int, method: str, path: str, status: int, **request: Any) -> b
         conn.close()
 
 
-def sandbox_ready(port: int) -> bool:
-    return answers(
-        port, "POST", "/sandbox/noop", 200, body="{}", headers={"Content-Type": "application/json"}
-    )
+def sandbox_ready(credential: str) -> Callable[[int], bool]:
+    def ready(port: int) -> bool:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {credential}"}
+        return answers(port, "POST", "/sandbox/noop", 200, body="{}", headers=headers)
+
+    return ready
 
 
 def gate_ready(key: str) -> Callable[[int], bool]:
@@ -69,16 +72,20 @@ def gate_ready(key: str) -> Callable[[int], bool]:
 
 
 @contextmanager
-def tool_pointed_at(tool: Tool, sandbox_port: int) -> Iterator[None]:
-    before = (tool.endpoint_url, tool.undo_endpoint_url)
+def tool_pointed_at(tool: Tool, sandbox_port: int, credential: str) -> Iterator[None]:
+    before = (tool.endpoint_url, tool.undo_endpoint_url, tool.credential_secret)
     base = f"http://127.0.0.1:{sandbox_port}/sandbox"
     Tool.objects.filter(pk=tool.pk).update(
-        endpoint_url=f"{base}/refunds", undo_endpoint_url=f"{base}/refunds/undo"
+        endpoint_url=f"{base}/refunds",
+        undo_endpoint_url=f"{base}/refunds/undo",
+        credential_secret=credential,
     )
     try:
         yield
     finally:
-        Tool.objects.filter(pk=tool.pk).update(endpoint_url=before[0], undo_endpoint_url=before[1])
+        Tool.objects.filter(pk=tool.pk).update(
+            endpoint_url=before[0], undo_endpoint_url=before[1], credential_secret=before[2]
+        )
 
 
 @dataclass(frozen=True)
@@ -113,19 +120,21 @@ def deploy(
     key: str,
     tool: Tool,
 ) -> Deployed:
-    """The sandbox, `tool` pointed at it, the workers, the scheduler and the product's web
-    server, each stopped when `stack` closes."""
+    """The sandbox (switched on, with a credential of this run's own), `tool` pointed at it with
+    that credential, the workers, the scheduler and the product's web server, each stopped when
+    `stack` closes."""
+    credential = secrets.token_urlsafe(32)
     sandbox = stack.enter_context(
         gunicorn(
-            env,
+            {**env, "SANDBOX_ENABLED": "true", "SANDBOX_TOKEN": credential},
             logs / "sandbox.log",
             workers=1,
             threads=shape.sandbox_threads,
-            ready=sandbox_ready,
+            ready=sandbox_ready(credential),
             keep_alive=300,
         )
     )
-    stack.enter_context(tool_pointed_at(tool, sandbox.port))
+    stack.enter_context(tool_pointed_at(tool, sandbox.port, credential))
     workers = [
         stack.enter_context(
             celery_worker(

@@ -13,6 +13,7 @@ from django.utils.csp import CSP
 
 from apps.core.metrics_access import metrics_networks, metrics_token
 from apps.runtime.config import demo_interval, model_settings
+from apps.sandbox.config import sandbox_token
 from controlplane.environment import (
     ConfigurationError,
     broker_config,
@@ -208,6 +209,8 @@ ACTION_LEASE_MARGIN_SECONDS = env_float(ENV, "ACTION_LEASE_MARGIN_SECONDS", 30.0
 # A review item past its SLA deadline is escalated; this many minutes later, still undecided,
 # it expires (its action never runs).
 REVIEW_EXPIRE_AFTER_MINUTES = env_int(ENV, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)
+# An approval holds this long: a second approval, and the start of the run, must come within it.
+REVIEW_APPROVAL_TTL_MINUTES = env_int(ENV, "REVIEW_APPROVAL_TTL_MINUTES", 60)
 # How long /healthz waits for a worker to answer its ping.
 HEALTHZ_WORKER_TIMEOUT = env_float(ENV, "HEALTHZ_WORKER_TIMEOUT", 1.0)
 
@@ -229,6 +232,16 @@ if DEMO_TRAFFIC:
         "task": "runtime.demo_tick",
         "schedule": DEMO_TRAFFIC_INTERVAL,
     }
+
+
+# --- The demo sandbox -----------------------------------------------------------------------
+# The demo's system of record (apps/sandbox) answers under /sandbox/ only when SANDBOX_ENABLED is
+# true (`make run` sets it; a production deployment never does): anywhere else those addresses
+# are a plain 404. Its endpoints answer only `Authorization: Bearer <SANDBOX_TOKEN>`, the
+# credential its tools carry (Tool.credential_secret); unset, the token is derived from
+# SECRET_KEY (apps/sandbox/config.py).
+SANDBOX_ENABLED = env_bool(ENV, "SANDBOX_ENABLED", default=False)
+SANDBOX_TOKEN = sandbox_token(ENV, secret_key=SECRET_KEY)
 
 
 # --- Behavioural firewall -------------------------------------------------------------------

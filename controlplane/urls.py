@@ -18,6 +18,9 @@ urlpatterns = [
     path("audit/", include("apps.audit.urls")),
     path("ledger/", include("apps.ledger.urls")),
     path("oncall/", include("apps.killswitches.urls")),
+    # The demo's system of record: a 404 unless SANDBOX_ENABLED, and then only for holders of
+    # its credential (checked per request by apps/sandbox/views.py, not by leaving this out, so
+    # that the setting can change without reloading the URLconf).
     path("sandbox/", include("apps.sandbox.urls")),
     path("runtime/", include("apps.runtime.urls")),
     path("", include("apps.core.urls")),

@@ -71,6 +71,8 @@ def create_user(request: HttpRequest, payload: UserIn) -> Status[UserOut]:
             password=payload.password,
             email=payload.email,
             roles=[Role(name) for name in payload.roles],
+            actor=request.user,
+            via="api",
         )
     except UserInputError as exc:
         raise ApiError(

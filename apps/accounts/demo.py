@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from apps.accounts.roles import Role
-from apps.accounts.services import user_create, user_set_roles
+from apps.accounts.services import user_create, user_set_password, user_set_roles
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class DemoLogin:
     password: str
     roles: tuple[Role, ...]
 
+
+# The demo's users are made and repaired by `seed_demo`, and audited as its doing.
+SEED = "system:seed_demo"
 
 DEMO_USERS: dict[str, tuple[Role, ...]] = {
     "supervisor": (Role.SUPERVISOR,),
@@ -54,12 +57,18 @@ def demo_users_ensure() -> list[DemoLogin]:
         password = passwords.get(username) or secrets.token_urlsafe(9)
         user = User.objects.filter(username=username).first()
         if user is None:
-            user_create(username=username, password=password, roles=roles, check_password=False)
+            user_create(
+                username=username,
+                password=password,
+                roles=roles,
+                check_password=False,
+                actor=SEED,
+                via="demo",
+            )
         else:
             if not user.check_password(password):
-                user.set_password(password)
-                user.save(update_fields=["password"])
-            user_set_roles(user=user, roles=roles)
+                user_set_password(user=user, password=password, actor=SEED, via="demo")
+            user_set_roles(user=user, roles=roles, actor=SEED, via="demo")
         passwords[username] = password
         logins.append(DemoLogin(username, password, roles))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from ninja.security import HttpBearer, django_auth
 from pydantic import Field
 
 from apps.accounts.roles import Role, user_roles
-from apps.actions.execution import RollbackRefused, action_rollback
+from apps.actions.execution import RollbackRefused, UndoUnknown, action_rollback
 from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action
 from apps.actions.states import IllegalTransition
@@ -199,10 +199,13 @@ def read(request: HttpRequest, action_id: UUID) -> ActionOut:
 @router.post(
     "/actions/{action_id}/rollback",
     auth=django_auth,
-    response={200: ActionOut, **{c: ErrorOut for c in (401, 403, 404, 409, 422)}},
+    response={200: ActionOut, **{c: ErrorOut for c in (401, 403, 404, 409, 422, 504)}},
     summary="Roll back an action (staff)",
-    description="Calls the tool's undo. 409 when the action has not succeeded or its tool is "
-    "irreversible. Needs the oncall or admin role.",
+    description="Calls the tool's undo: `rolled_back`, or `rollback_failed` with the error. A "
+    "`rollback_failed` action can be rolled back again (a retry of the same undo). 409 when the "
+    "action has neither succeeded nor failed to roll back, or its tool is irreversible; 504 when "
+    "the system of record gave no definite answer, even to the same undo sent again (the action "
+    "keeps its status: retry later). Needs the oncall or admin role.",
 )
 def rollback(request: HttpRequest, action_id: UUID) -> ActionOut:
     if not user_roles(request.user).intersection((Role.ONCALL, Role.ADMIN)):
@@ -218,4 +221,6 @@ def rollback(request: HttpRequest, action_id: UUID) -> ActionOut:
         ) from None
     except RollbackRefused as exc:
         raise ApiError(409, str(exc)) from None
+    except UndoUnknown as exc:
+        raise ApiError(504, f"{exc.message[0].upper()}{exc.message[1:]}.") from None
     return action_out(_visible_action(request, action.pk))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,10 +38,15 @@ class Call:
     idempotency_key: str
     action_id: str
     timeout: float
+    # The tool's credential (Tool.credential_secret): kept out of repr() so that it never shows
+    # in a traceback, a debug page or a log line.
+    credential: str = field(default="", repr=False)
 
 
 def _http(call: Call) -> dict[str, Any]:
     where = urlsplit(call.url)
+    # Sent only as a header of this request: never in the span, the log or the error message.
+    credential = {"Authorization": f"Bearer {call.credential}"} if call.credential else {}
     span = client_span(
         f"POST {where.path}",
         {"server.address": where.hostname or "", "url.path": where.path, "action": call.action_id},
@@ -56,6 +61,7 @@ def _http(call: Call) -> dict[str, Any]:
                     "Content-Type": "application/json",
                     "Idempotency-Key": call.idempotency_key,
                     "X-Escapement-Action": call.action_id,
+                    **credential,
                     **trace_headers,
                 },
                 timeout=urllib3.Timeout(connect=min(call.timeout, 5.0), read=call.timeout),
@@ -127,6 +133,7 @@ def call_tool(
         idempotency_key,
         action_id,
         tool.timeout_seconds,
+        tool.credential_secret,
     )
     if tool.connector == Tool.Connector.CALLABLE:
         return _in_process(call)
@@ -144,6 +151,7 @@ def call_undo(
         f"{original_key}-undo",
         action_id,
         tool.timeout_seconds,
+        tool.credential_secret,
     )
     if tool.connector == Tool.Connector.CALLABLE or (
         tool.undo_callable_path and not tool.undo_endpoint_url

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -32,8 +33,9 @@ from apps.actions.breaker import (
 )
 from apps.actions.connectors import ConnectorFailure, call_tool, call_undo
 from apps.actions.models import Action, Status
+from apps.actions.params import params_digest
 from apps.actions.states import Actor, IllegalTransition, transition, transition_record
-from apps.audit.services import audit_batch
+from apps.audit.services import audit_batch, audit_record
 from apps.core.metrics import EXECUTIONS
 from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
@@ -274,6 +276,19 @@ def _claim_orm(action_id: UUID) -> ClaimResult:
     return ClaimResult(Claim.CLAIMED, action.status, action)
 
 
+def _not_as_decided(action: Action) -> str:
+    """Why this action may not run as it stands, or "": its params must be those the Decision
+    Book decided (apps/actions/decision.py), and an approval must not have expired before the
+    first call (a later attempt continues the run the approval started)."""
+    if not action.params_digest or action.params_digest != params_digest(action.params):
+        return "not run: its params are not those the Decision Book decided"
+    expires = action.approval_expires_at
+    if expires is not None and action.attempts == 0 and timezone.now() >= expires:
+        when = timezone.localtime(expires).strftime("%Y-%m-%d %H:%M:%S")
+        return f"not run: its approval expired at {when}; approve it again to run it"
+    return ""
+
+
 def action_execute(*, action_id: UUID) -> Outcome:
     taken = time.perf_counter()
     claim = _claim(action_id)
@@ -301,6 +316,10 @@ def action_execute(*, action_id: UUID) -> Outcome:
     else:
         return Outcome(claim.status, note="not runnable")
 
+    refused = _not_as_decided(action)
+    if refused:
+        # Nothing reaches the system of record; the escalation owner sees why.
+        return _escalate_failure(action, refused)
     tool = action.tool
     if not circuit_allows(tool):
         # A first delivery (attempts == 0) never reached the system of record; a resumed one
@@ -362,37 +381,141 @@ class RollbackRefused(Exception):
     pass
 
 
-def action_rollback(*, action_id: UUID, actor: Actor) -> Action:
-    """Undo a succeeded action through its tool's undo; rolled_back or rollback_failed."""
+class UndoUnknown(Exception):
+    """The system of record gave no definite answer to the undo, not even to the same undo sent
+    again: it may or may not have taken effect. The action keeps its status (the attempt is
+    audited), and rolling it back again re-sends the same undo, which takes effect at most
+    once."""
+
+    def __init__(self, action: Action, message: str) -> None:
+        super().__init__(message)
+        self.action = action
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Undone:
+    """An undo with a definite answer: the action is rolled_back or rollback_failed. `checked`
+    says how it was settled when the first answer never came ("" when it came)."""
+
+    action: Action
+    checked: str = ""
+
+
+# Undoable again: a succeeded action, and one whose undo failed (retried by on-call).
+UNDOABLE = frozenset({Status.SUCCEEDED, Status.ROLLBACK_FAILED})
+# How many times an undo without a definite answer is sent again, with the same idempotency key.
+UNDO_RESENDS = 2
+
+
+@dataclass(frozen=True)
+class _UndoAnswer:
+    result: dict[str, Any] | None  # the undo's result: it has taken effect
+    definite: bool  # the system of record answered (result, or a refusal it stands by)
+    message: str  # what went wrong, when something did
+    tries: int
+    checked: str
+
+
+def _undo_answer(action: Action) -> _UndoAnswer:
+    """Send the undo; without a definite answer, send the same undo again (the same idempotency
+    key). A system of record that applied the first answers a re-send with the first's result
+    (the sandbox replays it), one that never saw it applies it now: either way a 2xx means the
+    undo has taken effect, once. A try that got no answer at all (a timeout, a broken or
+    refused connection) may have taken effect; a 5xx answer did not, by the connector's
+    contract. A 409 to a re-send may mean the first is still in progress, so it settles
+    nothing."""
+    unanswered = ""  # the first failure that left the outcome open
+    failure: ConnectorFailure | None = None
+    tries = 0
+    for attempt in range(1 + UNDO_RESENDS):
+        if attempt:
+            time.sleep(backoff(attempt))
+        tries += 1
+        try:
+            result = call_undo(
+                action.tool,
+                original_key=action.downstream_key,
+                result=action.result,
+                action_id=str(action.pk),
+            )
+        except ConnectorFailure as exc:
+            failure = exc
+            in_progress = bool(unanswered) and exc.status == 409
+            if not exc.transient and not in_progress:
+                return _UndoAnswer(None, True, exc.message, tries, _checked(unanswered))
+            if exc.status is None and not unanswered:
+                unanswered = exc.message
+            continue
+        return _UndoAnswer(result, True, "", tries, _checked(unanswered))
+    assert failure is not None
+    if unanswered:
+        return _UndoAnswer(None, False, failure.message, tries, "")
+    return _UndoAnswer(None, True, failure.message, tries, "")
+
+
+def _checked(unanswered: str) -> str:
+    if not unanswered:
+        return ""
+    return f"verified with the system of record after no answer at first ({unanswered})"
+
+
+def action_undo(*, action_id: UUID, actor: Actor) -> Undone:
+    """Undo a succeeded action through its tool's undo (or retry the undo of one whose undo
+    failed): rolled_back or rollback_failed, each only on a definite answer from the system of
+    record. Without one, UndoUnknown: nothing moves and the attempt is audited."""
     with transaction.atomic():
         action = Action.objects.select_for_update().select_related("tool").get(pk=action_id)
-        if action.status != Status.SUCCEEDED:
+        if action.status not in UNDOABLE:
             raise IllegalTransition(action.pk, action.status, Status.ROLLED_BACK)
         tool = action.tool
         if not tool.reversible:
             raise RollbackRefused(
                 f"{tool.slug} is irreversible: undo it by hand in the system of record"
             )
-        try:
-            undone = call_undo(
-                tool,
-                original_key=action.downstream_key,
-                result=action.result,
-                action_id=str(action.pk),
+        retry = action.status == Status.ROLLBACK_FAILED
+        answer = _undo_answer(action)
+        extra: dict[str, Any] = {"tries": answer.tries}
+        if retry:
+            extra["retry"] = True
+        if answer.checked:
+            extra["checked"] = answer.checked
+        if answer.result is not None:
+            transition(
+                action,
+                Status.ROLLED_BACK,
+                actor=actor,
+                data={"undo": answer.result, **extra},
+                undo_result=answer.result,
+                rolled_back_at=timezone.now(),
+                error="",
             )
-        except ConnectorFailure as failure:
-            return transition(
+            return Undone(action, answer.checked)
+        if answer.definite:
+            transition(
                 action,
                 Status.ROLLBACK_FAILED,
                 actor=actor,
-                data={"error": failure.message},
-                error=failure.message,
+                data={"error": answer.message, **extra},
+                error=answer.message,
             )
-        return transition(
-            action,
-            Status.ROLLED_BACK,
-            actor=actor,
-            data={"undo": undone},
-            undo_result=undone,
-            rolled_back_at=timezone.now(),
+            return Undone(action, answer.checked)
+        message = (
+            f"undo outcome unknown: the system of record did not answer ({answer.message}, "
+            f"{answer.tries} tries); the action is still {action.status}, and rolling it back "
+            "again re-sends the same undo"
         )
+        audit_record(
+            actor=actor,
+            verb="action.undo_unknown",
+            target=action,
+            subject=action.subject,
+            data={"status": action.status, "error": answer.message, **extra},
+        )
+    raise UndoUnknown(action, message)
+
+
+def action_rollback(*, action_id: UUID, actor: Actor) -> Action:
+    """Undo a succeeded action (or retry a failed undo); rolled_back or rollback_failed, or
+    UndoUnknown when the system of record gave no definite answer (see `action_undo`)."""
+    return action_undo(action_id=action_id, actor=actor).action

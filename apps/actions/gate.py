@@ -9,23 +9,20 @@ actions are queued for a worker once that transaction commits.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError as SchemaError
 
 from apps.actions.breaker import circuit_refusing
+from apps.actions.decision import Ruling, action_rule, active_version
 from apps.actions.models import Action, Decision, Status
+from apps.actions.params import ParamsInvalid, params_check, params_digest
 from apps.actions.states import IllegalTransition, can_transition, transition
 from apps.audit.services import audit_batch, audit_record
-from apps.books.compilation import action_facts, book_decide
-from apps.books.models import BookVersion
 from apps.core.metrics import gate_timed
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch, covering
@@ -67,55 +64,7 @@ class GateResult:
     created: bool
 
 
-@lru_cache(maxsize=512)
-def _validator(tool_id: int, updated_at: str, schema_json: str) -> Draft202012Validator:
-    import json
-
-    return Draft202012Validator(json.loads(schema_json))
-
-
-def params_errors(tool: Tool, params: dict[str, Any]) -> list[tuple[str, str]]:
-    """(field, message) for each way `params` breaks the tool's input schema."""
-    import json
-
-    validator = _validator(
-        tool.pk, tool.updated_at.isoformat(), json.dumps(tool.input_schema, sort_keys=True)
-    )
-    problems = []
-    for error in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
-        problems.append((_param_path(error), error.message))
-    return problems
-
-
-def _param_path(error: SchemaError) -> str:
-    path = "params"
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    # A missing required property is reported on its parent; name the property itself.
-    if error.validator == "required" and isinstance(error.instance, dict):
-        required: list[str] = list(error.validator_value)  # type: ignore[arg-type]
-        missing = [name for name in required if name not in error.instance]
-        if missing:
-            path += f".{missing[0]}"
-    # So is a property the schema does not allow (additionalProperties: false).
-    if (
-        error.validator == "additionalProperties"
-        and isinstance(error.instance, dict)
-        and isinstance(error.schema, dict)
-    ):
-        known = error.schema.get("properties", {})
-        patterns = error.schema.get("patternProperties", {})
-        unexpected = [
-            name
-            for name in error.instance
-            if name not in known and not any(re.search(pattern, name) for pattern in patterns)
-        ]
-        if unexpected:
-            path += f".{unexpected[0]}"
-    return path
-
-
-def _existing(agent: Agent, proposal: Proposal) -> Action | None:
+def _existing(agent: Agent, proposal: Proposal, params: dict[str, Any]) -> Action | None:
     """The action this agent already proposed under the same idempotency key, if any. A key
     reused for a different action is a bug in the agent: refused (409), never merged."""
     if proposal.idempotency_key is None:
@@ -128,7 +77,7 @@ def _existing(agent: Agent, proposal: Proposal) -> Action | None:
     if earlier is not None and (
         earlier.workflow.slug != proposal.workflow
         or earlier.tool.slug != proposal.tool
-        or earlier.params != proposal.params
+        or earlier.params != params
         or earlier.subject != proposal.subject
     ):
         raise GateRefusal(
@@ -140,17 +89,10 @@ def _existing(agent: Agent, proposal: Proposal) -> Action | None:
     return earlier
 
 
-@gate_timed
-def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
-    """Decide one proposal and record it. The same idempotency key from the same agent returns
-    the first action (created=False), however many duplicates arrive at once."""
-    agent = key.agent
-    earlier = _existing(agent, proposal)
-    if earlier is not None:
-        return GateResult(earlier, created=False)
-
-    if agent.status != Agent.Status.ACTIVE:
-        raise GateRefusal(403, f"Agent {agent.slug} is {agent.status} and may not act.")
+def _scoped_tool(key: AgentKey, agent: Agent, proposal: Proposal) -> tuple[tuple[str, ...], Tool]:
+    """The agent's workflows and the proposed tool, once the key's scope and the agent's tools
+    allow both; refused (403) otherwise. Checked before anything is read or replayed: a key
+    scoped to one workflow never learns of an action in another."""
     served = tuple(sorted(agent.workflows.values_list("slug", flat=True)))
     allowed = key_workflow_slugs(key, served=served)
     if proposal.workflow not in allowed:
@@ -174,24 +116,49 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
             "tool",
             "not among the agent's tools",
         )
-    problems = params_errors(tool, proposal.params)
-    if problems:
-        path, message = problems[0]
-        raise GateRefusal(422, f"Invalid params: {path}: {message}", path, message)
+    return served, tool
+
+
+def checked_params(tool: Tool, params: dict[str, Any]) -> dict[str, Any]:
+    """The canonical params (apps/actions/params.py), or a 422 naming the first field at fault."""
+    try:
+        return params_check(tool, params)
+    except ParamsInvalid as invalid:
+        path, message = invalid.errors[0]
+        raise GateRefusal(422, f"Invalid params: {path}: {message}", path, message) from None
+
+
+@gate_timed
+def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
+    """Decide one proposal and record it. The same idempotency key from the same agent returns
+    the first action (created=False), however many duplicates arrive at once."""
+    agent = key.agent
+    served, tool = _scoped_tool(key, agent, proposal)
+    params = checked_params(tool, proposal.params)
+    earlier = _existing(agent, proposal, params)
+    if earlier is not None:
+        return GateResult(earlier, created=False)
+    if agent.status != Agent.Status.ACTIVE:
+        raise GateRefusal(403, f"Agent {agent.slug} is {agent.status} and may not act.")
 
     firewall_proposal(agent)
     try:
         with transaction.atomic(), audit_batch():
-            action = _record(key, agent, served, proposal.workflow, tool, proposal)
+            action = _record(key, agent, served, tool, proposal, params)
             if proposal.usage:
                 # The model usage behind the proposal counts against the same budgets as a
                 # hosted agent's calls, in the same transaction as the action it produced.
-                from apps.runtime.budgets import usage_record
+                from apps.runtime.budgets import UsageRefused, usage_record
 
-                usage_record(action=action, usage=proposal.usage)
+                try:
+                    usage_record(action=action, usage=proposal.usage)
+                except UsageRefused as refused:
+                    raise GateRefusal(
+                        refused.status, refused.message, refused.field, refused.message
+                    ) from None
     except IntegrityError:
         # A concurrent duplicate committed first: answer with its action.
-        earlier = _existing(agent, proposal)
+        earlier = _existing(agent, proposal, params)
         if earlier is None:
             raise
         return GateResult(earlier, created=False)
@@ -203,20 +170,16 @@ def _record(
     key: AgentKey,
     agent: Agent,
     served: tuple[str, ...],
-    workflow_slug: str,
     tool: Tool,
     proposal: Proposal,
+    params: dict[str, Any],
 ) -> Action:
     # The active version brings its workflow along: one query where there were two (the gate's
     # time goes mostly to its statements; see docs/benchmarks.md).
-    version = (
-        BookVersion.objects.filter(
-            workflow__slug=workflow_slug, status=BookVersion.Status.PUBLISHED
-        )
-        .select_related("workflow")
-        .first()
+    version = active_version(proposal.workflow)
+    workflow = (
+        version.workflow if version is not None else Workflow.objects.get(slug=proposal.workflow)
     )
-    workflow = version.workflow if version is not None else Workflow.objects.get(slug=workflow_slug)
     switches = list(
         KillSwitch.objects.filter(
             covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)
@@ -230,7 +193,7 @@ def _record(
         book_version=version,
         status=Status.PROPOSED,
         decision=Decision.DENY,
-        params=proposal.params,
+        params=params,
         subject=proposal.subject,
         confidence=proposal.confidence,
         reasoning=proposal.reasoning,
@@ -238,6 +201,7 @@ def _record(
         usage=proposal.usage,
         idempotency_key=proposal.idempotency_key,
         trace_id=proposal.trace_id,
+        segment=proposal.segment,
     )
     if switches:
         action.reasons = [
@@ -248,35 +212,27 @@ def _record(
             for switch in switches
         ]
         return _enter(action, agent, Status.BLOCKED)
-    if version is None:
-        action.reasons = [
-            {
-                "policy": "no-active-book",
-                "message": f"Workflow {workflow.slug} has no published Decision Book",
-            }
-        ]
-        return _enter(action, agent, Status.DENIED)
 
-    facts = action_facts(
+    ruling = action_rule(
         version=version,
+        workflow=workflow,
         agent=agent,
         tool=tool,
-        params=proposal.params,
+        params=params,
         confidence=proposal.confidence,
-        at=timezone.localtime(),
         segment=proposal.segment,
         subject=proposal.subject,
-        agent_workflows=served,
+        served=served,
     )
-    verdict = book_decide(version, facts)
-    action.decision = verdict.decision
-    action.reasons = [reason.as_dict() for reason in verdict.reasons]
-    action.spot_check = verdict.spot_check
-    if verdict.decision == Decision.OBSERVE:
+    action.decision = ruling.decision
+    action.reasons = ruling.reasons
+    action.spot_check = ruling.spot_check
+    if ruling.decision == Decision.OBSERVE:
         return _enter(action, agent, Status.OBSERVED)
-    if verdict.decision == Decision.DENY:
+    if ruling.decision == Decision.DENY:
         return _enter(action, agent, Status.DENIED)
-    if verdict.decision == Decision.ALLOW:
+    assert version is not None  # (only a version allows or holds)
+    if ruling.decision == Decision.ALLOW:
         circuit = circuit_refusing(tool)
         if circuit is not None:
             # The downstream is known broken: a person decides, and nothing is lost.
@@ -291,6 +247,7 @@ def _record(
             _enter(action, agent, Status.PENDING_REVIEW)
             return _review(action, "fallback", error=action.reasons[0]["message"])
         action.queued_at = action.created_at = timezone.now()
+        action.params_digest = ruling.digest
         _enter(action, agent, Status.APPROVED, Status.QUEUED)
         _dispatch_on_commit(action)
         return action
@@ -370,17 +327,41 @@ def _dispatch(action_id: str) -> None:
         )
 
 
-def action_enqueue(action: Action, *, actor: str | Any) -> Action:
-    """approved -> queued, and hand the id to a worker once the transaction commits."""
-    transition(action, Status.QUEUED, actor=actor, queued_at=timezone.now())
+def action_enqueue(
+    action: Action, *, ruling: Ruling, actor: str | Any, approval_expires_at: datetime | None
+) -> Action:
+    """approved -> queued with the params the ruling decided, and hand the id to a worker once
+    the transaction commits. The ruling must be of these very params: the worker runs nothing
+    else (and nothing once the approval has expired)."""
+    _check_ruling(action, ruling)
+    transition(
+        action,
+        Status.QUEUED,
+        actor=actor,
+        queued_at=timezone.now(),
+        params_digest=ruling.digest,
+        approval_expires_at=approval_expires_at,
+    )
     _dispatch_on_commit(action)
     return action
 
 
+def _check_ruling(action: Action, ruling: Ruling) -> None:
+    if not ruling.may_run_after_approval or ruling.digest != params_digest(action.params):
+        raise IllegalTransition(action.pk, action.status, Status.QUEUED)
+
+
 def action_retry(
-    original: Action, *, params: dict[str, Any], actor: Any, note: dict[str, Any]
+    original: Action,
+    *,
+    params: dict[str, Any],
+    ruling: Ruling,
+    actor: Any,
+    note: dict[str, Any],
+    approval_expires_at: datetime | None,
 ) -> Action:
-    """Run a failed or drained action again, as a new action a person approved.
+    """Run a failed or drained action again, as a new action people approved, with the params
+    and under the book version of `ruling` (made for exactly these params, now).
 
     The new action has its own id and so its own downstream idempotency key: the person has
     judged that the first one had no effect (or should be repeated)."""
@@ -390,15 +371,16 @@ def action_retry(
         key=None,
         workflow=original.workflow,
         tool=original.tool,
-        book_version=original.book_version,
+        book_version=ruling.version,
         status=Status.QUEUED,
-        decision=Decision.ALLOW,
+        decision=ruling.decision,
         reasons=[
+            *ruling.reasons,
             {
                 "policy": "human-retry",
                 "message": f"Run again by a person after action {original.pk} "
                 f"ended {original.status}",
-            }
+            },
         ],
         params=params,
         subject=original.subject,
@@ -406,25 +388,36 @@ def action_retry(
         reasoning=original.reasoning,
         evidence=original.evidence,
         trace_id=original.trace_id,
+        segment=original.segment,
         created_at=now,
         queued_at=now,
+        params_digest=ruling.digest,
+        approval_expires_at=approval_expires_at,
     )
+    _check_ruling(retry, ruling)
     retry.save(force_insert=True)
     audit_record(
         actor=actor,
         verb="action.proposed",
         target=retry,
         subject=retry.subject,
-        data={"retry_of": str(original.pk), "params": params, **note},
+        data={
+            "retry_of": str(original.pk),
+            "params": params,
+            "book_version": ruling.version.number if ruling.version else None,
+            **note,
+        },
     )
     previous: str = Status.PROPOSED
     for step in (Status.APPROVED, Status.QUEUED):
+        decided = previous == Status.PROPOSED
         audit_record(
             actor=actor,
             verb=f"action.{step}",
             target=retry,
             subject=retry.subject,
-            data={"from": previous, "to": step},
+            data={"from": previous, "to": step}
+            | ({"decision": retry.decision, "reasons": retry.reasons} if decided else {}),
         )
         previous = step
     _dispatch_on_commit(retry)

@@ -64,6 +64,12 @@ class Action(models.Model):
     # NULL, not "": only proposals that carry a key are deduplicated by the unique constraint.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     trace_id = models.CharField(max_length=100, blank=True)
+    segment = models.CharField(max_length=63, blank=True, help_text="customer segment, if given")
+    # SHA-256 of the params the Decision Book last decided (apps/actions/params.py): set when the
+    # gate allows an action and when people approve one; the worker runs nothing else.
+    params_digest = models.CharField(max_length=64, blank=True)
+    # An action people approved runs only until then: an approval is for the moment it was given.
+    approval_expires_at = models.DateTimeField(null=True, blank=True)
 
     escalated_to = models.ForeignKey(
         settings.AUTH_USER_MODEL,

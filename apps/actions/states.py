@@ -26,6 +26,9 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED}),
     Status.SUCCEEDED: frozenset({Status.ROLLED_BACK, Status.ROLLBACK_FAILED}),
+    # A failed undo retried by on-call (apps/actions/execution.py, `action_undo`): it takes
+    # effect, or fails again, audited each time.
+    Status.ROLLBACK_FAILED: frozenset({Status.ROLLED_BACK, Status.ROLLBACK_FAILED}),
 }
 TERMINAL = frozenset(
     {
@@ -37,7 +40,6 @@ TERMINAL = frozenset(
         Status.FAILED,
         Status.CANCELLED,
         Status.ROLLED_BACK,
-        Status.ROLLBACK_FAILED,
     }
 )
 

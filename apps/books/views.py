@@ -303,10 +303,12 @@ def draft_try(request: HttpRequest, slug: str) -> HttpResponse:
             segment=data["segment"],
             at=at,
         )
-        if not book_problems(candidate):
+        problems = book_problems(candidate)
+        if not problems:
             context["outcome"] = book_decide(candidate, facts)
         else:
             context["invalid_book"] = True
+            context["problems"] = problems
     elif not form.is_valid():
         context["invalid_book"] = True
     return render(request, "books/draft.html#try-result", context)

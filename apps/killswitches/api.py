@@ -1,11 +1,17 @@
 """The on-call API: kill switches and their proof, drains, rollbacks. For scripts and pagers,
 with a staff token (`Authorization: Bearer est_...`, see `manage.py staff_token`) or a signed-in
-session (with its CSRF token); either way the user needs the oncall role."""
+session (with its CSRF token); either way the user needs the oncall role.
+
+Drains and rollbacks act on a set of actions chosen when they are asked for. To act on exactly
+the set a person confirmed, read it first (`GET /drains/preview`, `GET /rollbacks/preview`) and
+send its `expected_ids` back with the request: if the set chosen then is different, nothing is
+done and the answer is a 409 naming `expected_ids` and what changed."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal, NoReturn
+from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.http import HttpRequest
@@ -16,11 +22,13 @@ from pydantic import Field
 from apps.accounts.api import require_role
 from apps.accounts.roles import Role
 from apps.accounts.staff_tokens import staff_token_auth
+from apps.actions.models import Action
 from apps.core.api_errors import ApiError, ErrorOut, FieldError
-from apps.killswitches.drain import drain_run
+from apps.killswitches.confirmation import SetChanged
+from apps.killswitches.drain import drain_preview, drain_run
 from apps.killswitches.models import KillSwitch, RollbackRun
 from apps.killswitches.proof import switch_proof
-from apps.killswitches.rollback import rollback_request
+from apps.killswitches.rollback import rollback_preview, rollback_request
 from apps.killswitches.selectors import switches_listed
 from apps.killswitches.switches import (
     SwitchConflict,
@@ -73,6 +81,11 @@ class DrainIn(Schema):
     target: str = Field(default="", max_length=63)
     mode: str = Field(description="cancel, or hand_over (to the escalation owner)")
     reason: str
+    expected_ids: list[UUID] | None = Field(
+        default=None,
+        description="the ids of the actions confirmed, as the preview listed them; when given, "
+        "drains only if the set chosen now is exactly this one, else 409 and nothing is done",
+    )
 
 
 class DrainOut(Schema):
@@ -92,6 +105,42 @@ class RollbackIn(Schema):
     target: str = Field(max_length=63)
     count: int = Field(description="how many of the most recent succeeded actions")
     reason: str
+    expected_ids: list[UUID] | None = Field(
+        default=None,
+        description="the ids of the actions confirmed, newest first, as the preview listed "
+        "them; when given, rolls back only if the set chosen now is exactly this one, in this "
+        "order, else 409 and nothing is done",
+    )
+
+
+class PlannedOut(Schema):
+    id: UUID
+    agent: str
+    tool: str
+    subject: str
+    status: str = Field(description="queued or pending_review (drain); succeeded (rollback)")
+    reversible: bool = Field(description="false: a rollback lists it for remediation by hand")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class DrainPreviewOut(Schema):
+    scope: str
+    target: str
+    queued: int
+    held: int
+    expected_ids: list[UUID] = Field(description="send these back to drain exactly this set")
+    actions: list[PlannedOut] = Field(description="oldest first")
+
+
+class RollbackPreviewOut(Schema):
+    scope: str
+    target: str
+    count: int
+    expected_ids: list[UUID] = Field(
+        description="send these back to roll back exactly this set, newest first"
+    )
+    actions: list[PlannedOut] = Field(description="newest first")
 
 
 class RollbackOut(Schema):
@@ -104,8 +153,9 @@ class RollbackOut(Schema):
     total: int
     planned: list[str] = Field(description="the actions chosen, newest first")
     report: list[dict[str, Any]] = Field(
-        description="each action undone so far: rolled_back, rollback_failed, manual "
-        "(irreversible: remediate by hand) or skipped"
+        description="each action undone so far: rolled_back, rollback_failed, undo_unknown "
+        "(the system of record gave no definite answer: retry with "
+        "`POST /actions/{id}/rollback`), manual (irreversible: remediate by hand) or skipped"
     )
     requested_by: str
     created_at: datetime
@@ -120,9 +170,13 @@ def _oncall(request: HttpRequest) -> User:
     return user
 
 
-def _raise(exc: SwitchError) -> NoReturn:
+def _raise(exc: SwitchError, preview: str = "") -> NoReturn:
+    if isinstance(exc, SetChanged):
+        hint = f"; {preview} shows the set now" if preview else ""
+        raise ApiError(409, exc.detail, [FieldError(exc.field, exc.change + hint)]) from None
     if isinstance(exc, SwitchConflict):
-        raise ApiError(409, exc.message) from None
+        errors = [FieldError(exc.field, exc.message)] if exc.field else []
+        raise ApiError(409, exc.message, errors) from None
     if exc.field == "switch":
         raise ApiError(404, exc.message) from None
     errors = [FieldError(exc.field, exc.message)] if exc.field else []
@@ -229,6 +283,42 @@ def proof(request: HttpRequest, switch_id: int) -> dict[str, Any]:
     return switch_proof(_switch(switch_id)).as_dict()
 
 
+def planned_out(action: Action) -> PlannedOut:
+    return PlannedOut(
+        id=action.pk,
+        agent=action.agent.slug,
+        tool=action.tool.slug,
+        subject=action.subject,
+        status=action.status,
+        reversible=action.tool.reversible,
+        created_at=action.created_at,
+        finished_at=action.finished_at,
+    )
+
+
+@router.get(
+    "/drains/preview",
+    response={200: DrainPreviewOut, **ERRORS},
+    summary="What a drain would touch now",
+    description="The queued and held actions of the scope, oldest first, and their ids to send "
+    "back as `expected_ids` so that the drain touches exactly these.",
+)
+def drain_preview_read(request: HttpRequest, scope: str, target: str = "") -> DrainPreviewOut:
+    _oncall(request)
+    try:
+        plan = drain_preview(scope=scope, target=target)
+    except SwitchError as exc:
+        _raise(exc)
+    return DrainPreviewOut(
+        scope=scope.strip().lower(),
+        target=target.strip(),
+        queued=plan.queued,
+        held=plan.held,
+        expected_ids=[action.pk for action in plan.actions],
+        actions=[planned_out(action) for action in plan.actions],
+    )
+
+
 def drain_out(run: Any) -> DrainOut:
     return DrainOut(
         id=run.pk,
@@ -248,7 +338,9 @@ def drain_out(run: Any) -> DrainOut:
     response={200: DrainOut, **ERRORS},
     summary="Drain a scope",
     description="Queued and held actions of the scope are cancelled (`cancel`) or handed to "
-    "the escalation owner (`hand_over`); the report lists each action and its outcome.",
+    "the escalation owner (`hand_over`); the report lists each action and its outcome. With "
+    "`expected_ids` (from `GET /drains/preview`), 409 and nothing drained when the queued and "
+    "held actions are no longer exactly those.",
 )
 def drain(request: HttpRequest, payload: DrainIn) -> DrainOut:
     user = _oncall(request)
@@ -259,9 +351,10 @@ def drain(request: HttpRequest, payload: DrainIn) -> DrainOut:
             mode=payload.mode,
             reason=payload.reason,
             actor=user,
+            expected=_ids(payload.expected_ids),
         )
     except SwitchError as exc:
-        _raise(exc)
+        _raise(exc, preview="GET /api/v1/drains/preview")
     return drain_out(run)
 
 
@@ -283,13 +376,44 @@ def rollback_out(run: RollbackRun) -> RollbackOut:
     )
 
 
+def _ids(ids: list[UUID] | None) -> list[str] | None:
+    return None if ids is None else [str(action_id) for action_id in ids]
+
+
+@router.get(
+    "/rollbacks/preview",
+    response={200: RollbackPreviewOut, **ERRORS},
+    summary="What a rollback would undo now",
+    description="The `count` most recent succeeded actions of the agent or workflow, newest "
+    "first, and their ids to send back as `expected_ids` so that the rollback undoes exactly "
+    "these.",
+)
+def rollback_preview_read(
+    request: HttpRequest, scope: str, target: str, count: int
+) -> RollbackPreviewOut:
+    _oncall(request)
+    try:
+        chosen = rollback_preview(scope=scope, target=target, count=count)
+    except SwitchError as exc:
+        _raise(exc)
+    return RollbackPreviewOut(
+        scope=scope.strip().lower(),
+        target=target.strip(),
+        count=count,
+        expected_ids=[action.pk for action in chosen],
+        actions=[planned_out(action) for action in chosen],
+    )
+
+
 @router.post(
     "/rollbacks",
     response={202: RollbackOut, **ERRORS},
     summary="Roll back the last N actions of an agent or workflow",
     description="Chooses the N most recent succeeded actions, newest first, and has a worker "
     "undo them through each tool's undo; poll `GET /rollbacks/{id}` for the progress and the "
-    "per-action report. Irreversible ones are reported as `manual`.",
+    "per-action report. Irreversible ones are reported as `manual`. With `expected_ids` (from "
+    "`GET /rollbacks/preview`), 409 and nothing rolled back when the most recent actions are no "
+    "longer exactly those, in that order.",
 )
 def rollback(request: HttpRequest, payload: RollbackIn) -> Status[RollbackOut]:
     user = _oncall(request)
@@ -300,9 +424,10 @@ def rollback(request: HttpRequest, payload: RollbackIn) -> Status[RollbackOut]:
             count=payload.count,
             reason=payload.reason,
             actor=user,
+            expected=_ids(payload.expected_ids),
         )
     except SwitchError as exc:
-        _raise(exc)
+        _raise(exc, preview="GET /api/v1/rollbacks/preview")
     return Status(202, rollback_out(run))
 
 

@@ -5,13 +5,17 @@ hand_over  held actions stay held and their items go to the escalation owner of 
            governed them; queued ones become cancelled with a fallback item for that owner (a
            person approving it runs the action again).
 
-Each action is handled in its own transaction with its row locked, and re-checked: a worker
-claiming it at that moment, or a supervisor deciding it, wins or loses cleanly, and the report
-says which."""
+The actions are chosen once, before anything is done: work arriving during the drain is not
+touched. When on-call confirmed a set (the console always does; the API and the command when
+given one), the drain runs only if the actions chosen are exactly that set
+(apps/killswitches/confirmation.py). Each action is then handled in its own transaction with
+its row locked, and re-checked: a worker claiming it at that moment, or a supervisor deciding
+it, wins or loses cleanly, and the report says which."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -22,6 +26,7 @@ from django.utils import timezone
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition
 from apps.audit.services import audit_record
+from apps.killswitches.confirmation import confirmed_check
 from apps.killswitches.models import DrainRun, in_scope
 from apps.killswitches.switches import SwitchInvalid, actor_name, reason_check, scope_check
 
@@ -32,12 +37,25 @@ DRAINABLE = (Status.QUEUED, Status.PENDING_REVIEW)
 
 @dataclass(frozen=True)
 class DrainPlan:
-    queued: int
-    held: int
+    """The actions a drain of a scope would touch now, oldest first."""
+
+    actions: list[Action]
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for action in self.actions if action.status == Status.QUEUED)
+
+    @property
+    def held(self) -> int:
+        return sum(1 for action in self.actions if action.status == Status.PENDING_REVIEW)
 
     @property
     def total(self) -> int:
-        return self.queued + self.held
+        return len(self.actions)
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(action.pk) for action in self.actions]
 
 
 def drain_mode_check(mode: str) -> str:
@@ -49,20 +67,40 @@ def drain_mode_check(mode: str) -> str:
     return mode
 
 
-def drain_preview(*, scope: str, target: str) -> DrainPlan:
-    """What a drain of this scope would touch now (for the confirmation step)."""
-    scope, target = scope_check(scope, target)
-    actions = Action.objects.filter(in_scope(scope, target))
-    return DrainPlan(
-        queued=actions.filter(status=Status.QUEUED).count(),
-        held=actions.filter(status=Status.PENDING_REVIEW).count(),
+def drain_candidates(*, scope: str, target: str) -> list[Action]:
+    """The queued and held actions of the scope, oldest first (the id breaks ties)."""
+    return list(
+        Action.objects.filter(in_scope(scope, target), status__in=DRAINABLE)
+        .select_related("agent", "tool")
+        .order_by("created_at", "id")
     )
 
 
-def drain_run(*, scope: str, target: str = "", mode: str, reason: str, actor: Actor) -> DrainRun:
+def drain_preview(*, scope: str, target: str) -> DrainPlan:
+    """What a drain of this scope would touch now (the set to show for confirmation)."""
+    scope, target = scope_check(scope, target)
+    return DrainPlan(drain_candidates(scope=scope, target=target))
+
+
+def drain_run(
+    *,
+    scope: str,
+    target: str = "",
+    mode: str,
+    reason: str,
+    actor: Actor,
+    expected: Sequence[str] | None = None,
+) -> DrainRun:
+    """Drain the scope's queued and held work. `expected`: the ids on-call confirmed; when
+    given, the drain runs only if the actions chosen now are exactly those (in any order);
+    otherwise SetChanged, and nothing is done."""
     scope, target = scope_check(scope, target)
     mode = drain_mode_check(mode)
     reason = reason_check(reason)
+    candidates = drain_candidates(scope=scope, target=target)
+    confirmed_check(
+        expected=expected, current=candidates, verb="drain", done="drained", ordered=False
+    )
     with transaction.atomic():
         run = DrainRun.objects.create(
             scope=scope,
@@ -76,14 +114,16 @@ def drain_run(*, scope: str, target: str = "", mode: str, reason: str, actor: Ac
             actor=actor,
             verb="drain.started",
             target=run,
-            data={"scope": scope, "target": target, "mode": mode, "reason": reason},
+            data={
+                "scope": scope,
+                "target": target,
+                "mode": mode,
+                "reason": reason,
+                "actions": [str(action.pk) for action in candidates],
+                "confirmed": expected is not None,
+            },
         )
-    candidates = list(
-        Action.objects.filter(in_scope(scope, target), status__in=DRAINABLE)
-        .order_by("created_at")
-        .values_list("pk", flat=True)
-    )
-    report = [_drain_one(action_id, run=run, actor=actor) for action_id in candidates]
+    report = [_drain_one(action.pk, run=run, actor=actor) for action in candidates]
     with transaction.atomic():
         run.report = report
         run.finished_at = timezone.now()

@@ -1,5 +1,8 @@
 """The console's forms. Each checks its input with the same rules as the services (so a bad
-scope, target or reason is reported next to its field) before the confirmation step."""
+scope, target or reason is reported next to its field) before the confirmation step.
+
+Drain and rollback carry, from their confirmation step, the ids of the actions it showed
+(`expected`, hidden): the service acts only if they are still the set it selects."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 
 from django import forms
 
+from apps.killswitches.confirmation import expected_ids_check
 from apps.killswitches.drain import drain_mode_check
 from apps.killswitches.models import DrainRun, Scope
 from apps.killswitches.rollback import COUNT_MAX, rollback_count_check, rollback_scope_check
@@ -27,6 +31,23 @@ class _Checked(forms.Form):
         except SwitchInvalid as exc:
             field = exc.field if exc.field in self.fields else None
             self.add_error(field, exc.message)
+            return None
+
+
+class _Confirmed(_Checked):
+    """A form whose confirmation step shows a set of actions and sends their ids back."""
+
+    expected = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def _expected(self) -> list[str] | None:
+        """The ids confirmed; None when the submit carries no set (the first post, which only
+        asks for confirmation). An empty value is a confirmed empty set."""
+        if self.add_prefix("expected") not in self.data:
+            return None
+        try:
+            return expected_ids_check(self.cleaned_data.get("expected", ""))
+        except SwitchInvalid as exc:
+            self.add_error(None, f"The confirmed set {exc.message}: look at it again.")
             return None
 
 
@@ -54,7 +75,7 @@ class ReleaseForm(_Checked):
         return data
 
 
-class DrainForm(_Checked):
+class DrainForm(_Confirmed):
     scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.AGENT)
     target = forms.CharField(required=False, max_length=63, widget=TARGET_WIDGET)
     mode = forms.ChoiceField(
@@ -80,10 +101,11 @@ class DrainForm(_Checked):
         if "mode" in data:
             data["mode"] = self._checked(drain_mode_check, data["mode"])
         data["reason"] = self._checked(reason_check, data.get("reason", ""))
+        data["expected"] = self._expected()
         return data
 
 
-class RollbackForm(_Checked):
+class RollbackForm(_Confirmed):
     scope = forms.ChoiceField(
         choices=[(Scope.AGENT, "agent"), (Scope.WORKFLOW, "workflow")], initial=Scope.AGENT
     )
@@ -104,4 +126,5 @@ class RollbackForm(_Checked):
         if "count" in data:
             data["count"] = self._checked(rollback_count_check, data["count"])
         data["reason"] = self._checked(reason_check, data.get("reason", ""))
+        data["expected"] = self._expected()
         return data

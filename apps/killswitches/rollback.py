@@ -3,29 +3,42 @@ through its tool's undo.
 
 The actions are chosen when on-call asks (so the report is about exactly those) and undone by
 a worker, one at a time, the run's report growing after each so that the console can show the
-progress. An action of an irreversible tool is not touched: it is listed for remediation by
-hand. A redelivered task (a worker lost mid-run) carries on where the report stops."""
+progress. When on-call confirmed a set (the console always does; the API and the command when
+given one), the run is recorded only if the actions chosen are exactly that set, in that order
+(apps/killswitches/confirmation.py). An action of an irreversible tool is not touched: it is
+listed for remediation by hand. A redelivered task (a worker lost mid-run) carries on where the
+report stops. An undo that failed, or whose outcome the system of record left unknown, can be
+retried from its row of the report."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
 
-from apps.actions.execution import RollbackRefused, action_rollback
+from apps.actions.execution import RollbackRefused, UndoUnknown, action_undo
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition
 from apps.audit.services import audit_record
+from apps.killswitches.confirmation import confirmed_check
 from apps.killswitches.models import RollbackRun, Scope, in_scope
-from apps.killswitches.switches import SwitchInvalid, actor_name, reason_check, scope_check
+from apps.killswitches.switches import (
+    SwitchConflict,
+    SwitchInvalid,
+    actor_name,
+    reason_check,
+    scope_check,
+)
 
 logger = logging.getLogger(__name__)
 
 COUNT_MAX = 500
+# Report outcomes a person may retry from the row: the undo failed, or its outcome is unknown.
+RETRYABLE = frozenset({"rollback_failed", "undo_unknown"})
 
 
 def rollback_scope_check(scope: str, target: str) -> tuple[str, str]:
@@ -48,12 +61,24 @@ def rollback_count_check(count: object) -> int:
 
 
 def rollback_candidates(*, scope: str, target: str, count: int) -> list[Action]:
-    """The `count` most recent succeeded actions of the agent or workflow, newest first."""
+    """The `count` most recent succeeded actions of the agent or workflow, newest first (the
+    id breaks ties, so that the same rows always come in the same order)."""
     return list(
         Action.objects.filter(in_scope(scope, target), status=Status.SUCCEEDED)
         .select_related("agent", "tool", "workflow")
-        .order_by("-finished_at", "-started_at")[:count]
+        .order_by("-finished_at", "-started_at", "-id")[:count]
     )
+
+
+def rollback_preview(*, scope: str, target: str, count: int | str) -> list[Action]:
+    """What a rollback would undo now, checked as `rollback_request` checks it: the set to
+    show for confirmation."""
+    scope, target = rollback_scope_check(scope, target)
+    number = rollback_count_check(count)
+    chosen = rollback_candidates(scope=scope, target=target, count=number)
+    if not chosen:
+        raise SwitchInvalid(f"{scope} {target} has no succeeded action to roll back", "target")
+    return chosen
 
 
 def rollback_request(
@@ -63,18 +88,24 @@ def rollback_request(
     count: int | str,
     reason: str,
     actor: Actor,
+    expected: Sequence[str] | None = None,
     dispatch: bool = True,
 ) -> RollbackRun:
     """Choose the actions and record the run; a worker undoes them once this commits (unless
-    `dispatch` is False: the caller then runs `rollback_perform` itself)."""
+    `dispatch` is False: the caller then runs `rollback_perform` itself).
+
+    `expected`: the ids on-call confirmed, newest first. When given, the run is recorded only
+    if the actions chosen now are exactly those; otherwise SetChanged, and nothing is done."""
     from apps.killswitches.tasks import rollback_run_task
 
     scope, target = rollback_scope_check(scope, target)
     number = rollback_count_check(count)
     reason = reason_check(reason)
-    chosen = rollback_candidates(scope=scope, target=target, count=number)
-    if not chosen:
-        raise SwitchInvalid(f"{scope} {target} has no succeeded action to roll back", "target")
+    chosen = rollback_preview(scope=scope, target=target, count=number)
+    confirmed_check(
+        expected=expected, current=chosen, verb="roll back", done="rolled back", ordered=True
+    )
+    # From here on the run names its actions: one that succeeds later is not among them.
     with transaction.atomic():
         run = RollbackRun.objects.create(
             scope=scope,
@@ -95,6 +126,7 @@ def rollback_request(
                 "count": number,
                 "reason": reason,
                 "actions": run.planned,
+                "confirmed": expected is not None,
             },
         )
         run_id = run.pk
@@ -119,27 +151,74 @@ def rollback_perform(
             state=RollbackRun.State.RUNNING, started_at=timezone.now()
         )
     done = {entry["action"] for entry in run.report}
-    report = list(run.report)
     for action_id in run.planned:
         if action_id in done:
             continue
         entry = _undo_one(UUID(action_id), actor=who)
-        report.append(entry)
-        RollbackRun.objects.filter(pk=run.pk).update(report=report)
+        run = _report_put(run.pk, entry)
         if progress is not None:
-            run.report = report
             progress(run, entry)
     with transaction.atomic():
-        RollbackRun.objects.filter(pk=run.pk).update(
-            state=RollbackRun.State.FINISHED, finished_at=timezone.now(), report=report
-        )
-        run.refresh_from_db()
-        counts: dict[str, int] = {}
-        for entry in report:
-            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        run = RollbackRun.objects.select_for_update().get(pk=run.pk)
+        run.state = RollbackRun.State.FINISHED
+        run.finished_at = timezone.now()
+        run.save(update_fields=["state", "finished_at"])
+        counts = _outcomes(run.report)
         audit_record(actor=who, verb="rollback.finished", target=run, data={"outcomes": counts})
     logger.warning("rollback %s of %s finished: %s", run.pk, run.where, counts)
     return run
+
+
+def rollback_retry(*, run_id: int, action_id: UUID, actor: Actor) -> dict[str, Any]:
+    """Undo again one action of a run whose undo failed or ended unknown (the same undo, with
+    the same idempotency key, so it takes effect at most once); its row of the report is
+    replaced by the new outcome, and the retry is audited on the run as on the action.
+
+    The run's row stays locked meanwhile: of two people retrying the same row, the second
+    finds it settled, and the worker going through the run waits to add its next row."""
+    with transaction.atomic():
+        run = RollbackRun.objects.select_for_update().get(pk=run_id)
+        previous = next((e for e in run.report if e["action"] == str(action_id)), None)
+        if previous is None:
+            raise SwitchInvalid(f"action {action_id} has no row in rollback {run.pk}", "action")
+        if previous["outcome"] not in RETRYABLE:
+            raise SwitchConflict(
+                f"the undo of {previous['subject'] or action_id} ended {previous['outcome']}; "
+                "only a failed or unknown undo can be retried"
+            )
+        entry = _undo_one(action_id, actor=actor)
+        entry["retries"] = int(previous.get("retries", 0)) + 1
+        run.report = [entry if row["action"] == entry["action"] else row for row in run.report]
+        run.save(update_fields=["report"])
+        audit_record(
+            actor=actor,
+            verb="rollback.retried",
+            target=run,
+            data={
+                "action": entry["action"],
+                "was": previous["outcome"],
+                "outcome": entry["outcome"],
+                "detail": entry["detail"],
+            },
+        )
+    return entry
+
+
+def _report_put(run_id: int, entry: dict[str, Any]) -> RollbackRun:
+    """Add the entry to the run's report under the run's row lock, so that a person retrying
+    a row meanwhile and the worker going through the run never write over each other."""
+    with transaction.atomic():
+        run = RollbackRun.objects.select_for_update().get(pk=run_id)
+        run.report = [*run.report, entry]
+        run.save(update_fields=["report"])
+    return run
+
+
+def _outcomes(report: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in report:
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+    return counts
 
 
 def _requester(run: RollbackRun) -> Actor:
@@ -159,14 +238,19 @@ def _undo_one(action_id: UUID, *, actor: Actor) -> dict[str, Any]:
         "finished_at": action.finished_at.isoformat() if action.finished_at else None,
     }
     try:
-        undone = action_rollback(action_id=action.pk, actor=actor)
+        undone = action_undo(action_id=action.pk, actor=actor)
     except RollbackRefused as exc:
         return entry | {"outcome": "manual", "detail": str(exc)}
     except IllegalTransition as exc:
-        return entry | {"outcome": "skipped", "detail": f"now {exc.current}, not succeeded"}
-    if undone.status == Status.ROLLED_BACK:
-        return entry | {"outcome": "rolled_back", "detail": _undo_summary(undone.undo_result)}
-    return entry | {"outcome": "rollback_failed", "detail": undone.error}
+        return entry | {"outcome": "skipped", "detail": f"now {exc.current}: not undone here"}
+    except UndoUnknown as exc:
+        return entry | {"outcome": "undo_unknown", "detail": exc.message}
+    if undone.action.status == Status.ROLLED_BACK:
+        detail = _undo_summary(undone.action.undo_result)
+        if undone.checked:
+            detail += f" ({undone.checked})"
+        return entry | {"outcome": "rolled_back", "detail": detail}
+    return entry | {"outcome": "rollback_failed", "detail": undone.action.error}
 
 
 def _undo_summary(result: Any) -> str:

@@ -15,4 +15,9 @@ urlpatterns = [
     path("drains/<int:run_id>/", views.drain_detail, name="drain_detail"),
     path("rollback/", views.rollback, name="rollback"),
     path("rollbacks/<int:run_id>/", views.rollback_detail, name="rollback_detail"),
+    path(
+        "rollbacks/<int:run_id>/actions/<uuid:action_id>/retry/",
+        views.rollback_retry_undo,
+        name="rollback_retry",
+    ),
 ]

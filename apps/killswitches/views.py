@@ -1,10 +1,13 @@
 """The on-call console (oncall role): every switch with its proof, quarantined agents, circuit
 breakers, the incident history; engage and release, drain, roll back. Each change goes through
-a confirmation step that says what it will touch; nothing happens on the first POST."""
+a confirmation step that says what it will touch; nothing happens on the first POST. Drain and
+rollback show the very actions they will touch, and act on exactly those: if the set changed
+in between, the step is shown again with the new set and what changed (409)."""
 
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.models import User
@@ -16,11 +19,17 @@ from apps.accounts.access import role_required
 from apps.accounts.roles import Role
 from apps.actions.models import Action, Status
 from apps.core.http import HtmxHttpRequest
-from apps.killswitches.drain import drain_preview, drain_run
+from apps.killswitches.confirmation import SetChanged
+from apps.killswitches.drain import DrainPlan, drain_preview, drain_run
 from apps.killswitches.forms import DrainForm, EngageForm, ReleaseForm, RollbackForm
 from apps.killswitches.models import DrainRun, KillSwitch, RollbackRun, in_scope
 from apps.killswitches.proof import switch_proof
-from apps.killswitches.rollback import rollback_candidates, rollback_request
+from apps.killswitches.rollback import (
+    RETRYABLE,
+    rollback_candidates,
+    rollback_request,
+    rollback_retry,
+)
 from apps.killswitches.selectors import (
     circuits,
     engaged_with_proof,
@@ -185,6 +194,34 @@ def release(request: HttpRequest, switch_id: int) -> HttpResponse:
     return redirect("killswitches:console")
 
 
+def _rows(actions: list[Action], changed: SetChanged | None) -> list[dict[str, Any]]:
+    """The actions of a confirmation step, each marked when it was not in the set confirmed."""
+    added = changed.added_ids if changed else frozenset()
+    return [{"action": action, "new": str(action.pk) in added} for action in actions]
+
+
+def _drain_step(
+    request: HttpRequest,
+    form: DrainForm,
+    plan: DrainPlan,
+    changed: SetChanged | None = None,
+) -> HttpResponse:
+    data = form.cleaned_data
+    context = {
+        "step": "drain",
+        "form": form,
+        "scope": data["scope"],
+        "target": data["target"],
+        "mode": data["mode"],
+        "reason": data["reason"],
+        "plan": plan,
+        "rows": _rows(plan.actions, changed),
+        "expected": ",".join(plan.ids),
+        "changed": changed,
+    }
+    return render(request, "killswitches/confirm.html", context, status=409 if changed else 200)
+
+
 @require_POST
 @oncall_only
 def drain(request: HttpRequest) -> HttpResponse:
@@ -192,20 +229,8 @@ def drain(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _console(request, drain=form, status=422)
     data = form.cleaned_data
-    if not _confirmed(request):
-        return render(
-            request,
-            "killswitches/confirm.html",
-            {
-                "step": "drain",
-                "form": form,
-                "scope": data["scope"],
-                "target": data["target"],
-                "mode": data["mode"],
-                "reason": data["reason"],
-                "plan": drain_preview(scope=data["scope"], target=data["target"]),
-            },
-        )
+    if not _confirmed(request) or data["expected"] is None:
+        return _drain_step(request, form, drain_preview(scope=data["scope"], target=data["target"]))
     try:
         run = drain_run(
             scope=data["scope"],
@@ -213,7 +238,10 @@ def drain(request: HttpRequest) -> HttpResponse:
             mode=data["mode"],
             reason=data["reason"],
             actor=_user(request),
+            expected=data["expected"],
         )
+    except SetChanged as changed:
+        return _drain_step(request, form, DrainPlan(changed.current), changed)
     except SwitchError as exc:
         form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         return _console(request, drain=form, status=422)
@@ -230,6 +258,28 @@ def drain_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     return render(request, "killswitches/drain.html", {"run": run, "counts": counts})
 
 
+def _rollback_step(
+    request: HttpRequest,
+    form: RollbackForm,
+    chosen: list[Action],
+    changed: SetChanged | None = None,
+) -> HttpResponse:
+    data = form.cleaned_data
+    context = {
+        "step": "rollback",
+        "form": form,
+        "scope": data["scope"],
+        "target": data["target"],
+        "count": data["count"],
+        "reason": data["reason"],
+        "chosen": chosen,
+        "rows": _rows(chosen, changed),
+        "expected": ",".join(str(action.pk) for action in chosen),
+        "changed": changed,
+    }
+    return render(request, "killswitches/confirm.html", context, status=409 if changed else 200)
+
+
 @require_POST
 @oncall_only
 def rollback(request: HttpRequest) -> HttpResponse:
@@ -237,26 +287,14 @@ def rollback(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _console(request, rollback=form, status=422)
     data = form.cleaned_data
-    if not _confirmed(request):
+    if not _confirmed(request) or data["expected"] is None:
         chosen = rollback_candidates(
             scope=data["scope"], target=data["target"], count=data["count"]
         )
         if not chosen:
             form.add_error("target", f"{data['target']} has no succeeded action to roll back")
             return _console(request, rollback=form, status=422)
-        return render(
-            request,
-            "killswitches/confirm.html",
-            {
-                "step": "rollback",
-                "form": form,
-                "scope": data["scope"],
-                "target": data["target"],
-                "count": data["count"],
-                "reason": data["reason"],
-                "chosen": chosen,
-            },
-        )
+        return _rollback_step(request, form, chosen)
     try:
         run = rollback_request(
             scope=data["scope"],
@@ -264,7 +302,10 @@ def rollback(request: HttpRequest) -> HttpResponse:
             count=data["count"],
             reason=data["reason"],
             actor=_user(request),
+            expected=data["expected"],
         )
+    except SetChanged as changed:
+        return _rollback_step(request, form, changed.current, changed)
     except SwitchError as exc:
         form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         return _console(request, rollback=form, status=422)
@@ -278,7 +319,26 @@ def rollback_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     counts: dict[str, int] = {}
     for entry in run.report:
         counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
-    context = {"run": run, "counts": counts}
+    context = {"run": run, "counts": counts, "retryable": RETRYABLE}
     if request.htmx:
         return render(request, "killswitches/rollback.html#rollback-progress", context)
     return render(request, "killswitches/rollback.html", context)
+
+
+@require_POST
+@oncall_only
+def rollback_retry_undo(request: HttpRequest, run_id: int, action_id: UUID) -> HttpResponse:
+    """Retry, from its row of the report, an undo that failed or whose outcome is unknown; then
+    back to the report, which shows the row's new outcome."""
+    run = get_object_or_404(RollbackRun, pk=run_id)
+    try:
+        entry = rollback_retry(run_id=run.pk, action_id=action_id, actor=_user(request))
+    except SwitchError as exc:
+        messages.error(request, exc.message)
+    else:
+        text = f"Undo of {entry['subject'] or entry['action']} retried: {entry['outcome']}."
+        if entry["outcome"] == "rolled_back":
+            messages.success(request, text)
+        else:
+            messages.error(request, f"{text} {entry['detail']}")
+    return redirect("killswitches:rollback_detail", run_id=run.pk)

@@ -63,6 +63,15 @@ class Tool(models.Model):
     callable_path = models.CharField(
         max_length=200, blank=True, help_text="dotted path, for in-process connectors"
     )
+    credential_secret = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text=(
+            "the credential the system of record issued for this tool, sent as "
+            "`Authorization: Bearer <credential>` with every HTTP call and undo; empty: none. "
+            "Never shown, logged or written to the audit trail"
+        ),
+    )
     timeout_seconds = models.FloatField(default=10.0, validators=[MinValueValidator(0.1)])
     max_retries = models.PositiveSmallIntegerField(default=3)
     breaker_failure_threshold = models.PositiveSmallIntegerField(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
 from django import forms
 
+from apps.actions.params import INTEGER_MAX
 from apps.registry.models import RiskZone, Tool, Workflow
 from apps.reviews.models import Kind, Verdict
 from apps.reviews.services import APPROVE_REASONS, REJECT_REASONS
@@ -52,6 +53,28 @@ def reason_choices() -> dict[str, dict[str, str]]:
     return {"approve": APPROVE_REASONS, "reject": REJECT_REASONS}
 
 
+# The largest number the edit form takes where a tool's schema asks for any number.
+NUMBER_MAX = Decimal(10) ** 15
+
+
+def _minor_units(raw: str, currency: str) -> tuple[int, str]:
+    """An amount typed in major units (12.50) as minor units (1250), or the problem with it."""
+    example = f"must be an amount in {currency}, such as 12.50"
+    try:
+        major = Decimal(raw)
+    except InvalidOperation:
+        return 0, example
+    if not major.is_finite():
+        return 0, example
+    largest = Decimal(INTEGER_MAX).scaleb(-2).quantize(Decimal(1), rounding=ROUND_DOWN)
+    if abs(major) > largest:
+        return 0, f"must be at most {largest:,} {currency}"
+    minor = major.scaleb(2)
+    if minor != minor.to_integral_value():
+        return 0, f"must be an amount in {currency} with at most 2 decimals"
+    return int(minor), ""
+
+
 def edited_params(
     tool: Tool, current: dict[str, Any], data: Any, *, currency: str
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -69,29 +92,31 @@ def edited_params(
         kind = properties.get(name, {}).get("type")
         field = f"params.{name}"
         if name == tool.amount_param:
-            try:
-                major = Decimal(raw)
-            except InvalidOperation:
-                errors.append((field, f"must be an amount in {currency}, such as 12.50"))
+            minor_units, problem = _minor_units(raw, currency)
+            if problem:
+                errors.append((field, problem))
                 continue
-            minor = major * 100
-            if not major.is_finite() or minor != minor.to_integral_value():
-                errors.append((field, f"must be an amount in {currency} with at most 2 decimals"))
-                continue
-            params[name] = int(minor)
+            params[name] = minor_units
         elif kind == "integer":
             try:
-                params[name] = int(raw)
+                whole = int(raw)
             except ValueError:
                 errors.append((field, "must be a whole number"))
+                continue
+            if abs(whole) > INTEGER_MAX:
+                errors.append((field, f"must be between -{INTEGER_MAX} and {INTEGER_MAX}"))
+                continue
+            params[name] = whole
         elif kind == "number":
             try:
                 number = Decimal(raw)
-                params[name] = (
-                    int(number) if number == number.to_integral_value() else float(number)
-                )
-            except (InvalidOperation, ValueError):
+            except InvalidOperation:
                 errors.append((field, "must be a number"))
+                continue
+            if not number.is_finite() or abs(number) > NUMBER_MAX:
+                errors.append((field, f"must be a number between -{NUMBER_MAX} and {NUMBER_MAX}"))
+                continue
+            params[name] = int(number) if number == number.to_integral_value() else float(number)
         elif kind == "boolean":
             params[name] = raw.lower() in ("1", "true", "on", "yes")
         elif kind in ("object", "array") or isinstance(current[name], dict | list):

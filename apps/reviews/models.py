@@ -74,6 +74,9 @@ class ReviewItem(models.Model):
         related_name="+",
         help_text="for an approved fallback: the new action that runs it again",
     )
+    # Params a person edited that still wait for further approvals (a red-zone edit needs a
+    # second person): what the next approver approves. NULL: the action's own params.
+    pending_params = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["deadline"]
@@ -118,11 +121,23 @@ class ReviewDecision(models.Model):
     # False for the first of two approvals of a red-zone item.
     final = models.BooleanField(default=True)
     created_at = models.DateTimeField()
+    # What an approval approved: the digest of the params it let run (apps/actions/params.py),
+    # the book version that decided them, and until when it holds. An edit changes the digest,
+    # so approvals of other params no longer count.
+    params_digest = models.CharField(max_length=64, blank=True)
+    book_version = models.ForeignKey(
+        "books.BookVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["item", "user"], name="one_decision_per_person")
+            # One decision per person and params: whoever approved other params may approve
+            # the edited ones, as a person who has now seen them.
+            models.UniqueConstraint(
+                fields=["item", "user", "params_digest"], name="one_decision_per_person_and_params"
+            )
         ]
         indexes = [models.Index(fields=["created_at"])]
 

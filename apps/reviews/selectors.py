@@ -184,15 +184,24 @@ def queue_counts(now: datetime) -> list[QueueCount]:
 def amount_text(params: Any, amount_param: str, currency: str) -> str:
     """An amount in minor units as a person reads it ("300.00 EUR"), or "" if none."""
     value = params.get(amount_param) if amount_param and isinstance(params, dict) else None
-    if type(value) is not int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return ""
-    return f"{Decimal(value) / 100:,.2f} {currency}".strip()
+    if isinstance(value, float) and not value.is_integer():
+        return ""
+    return f"{Decimal(int(value)) / 100:,.2f} {currency}".strip()
+
+
+def action_currency(action: Action) -> str:
+    """The currency the action's amount is in: its own `currency` param, else its book's."""
+    given = action.params.get("currency") if isinstance(action.params, dict) else None
+    if isinstance(given, str) and given.strip():
+        return given.strip().upper()
+    return action.book_version.currency if action.book_version else ""
 
 
 def money(action: Action) -> str:
     """The action's amount as a person reads it ("300.00 EUR"), or "" if it has none."""
-    currency = action.book_version.currency if action.book_version else ""
-    return amount_text(action.params, action.tool.amount_param, currency)
+    return amount_text(action.params, action.tool.amount_param, action_currency(action))
 
 
 def prior_actions(action: Action, limit: int = 10) -> list[Action]:

@@ -16,8 +16,10 @@ from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
-from apps.actions.gate import action_enqueue, action_retry, params_errors
+from apps.actions.decision import Ruling, action_rule_now
+from apps.actions.gate import action_enqueue, action_retry
 from apps.actions.models import Action, Status
+from apps.actions.params import ParamsInvalid, params_check, params_digest
 from apps.actions.states import Actor, IllegalTransition, transition
 from apps.audit.services import audit_batch, audit_record
 from apps.books.compilation import zone_of
@@ -100,6 +102,11 @@ def queue_tally_rebuild() -> dict[int, int]:
 
 def _expiry_after_deadline() -> timedelta:
     return timedelta(minutes=int(getattr(settings, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)))
+
+
+def approval_lifetime() -> timedelta:
+    """How long an approval holds: a second approval, and the run itself, must come within it."""
+    return timedelta(minutes=int(getattr(settings, "REVIEW_APPROVAL_TTL_MINUTES", 60)))
 
 
 def review_open(
@@ -219,6 +226,7 @@ def review_claim(item_id: int, user: User) -> ReviewItem:
         item = _locked(item_id)
         if not item.is_open:
             raise ReviewConflict(_closed_message(item))
+        _refuse_owner(item, user)
         if item.claimed_by_id not in (None, user.pk):
             raise ReviewConflict(f"Already claimed by {_name(item.claimed_by)}.")
         if item.claimed_by_id is None:
@@ -241,6 +249,16 @@ def review_unclaim(item_id: int, user: User) -> ReviewItem:
         return item
 
 
+def _refuse_owner(item: ReviewItem, user: User) -> None:
+    """The owner of the proposing agent neither decides nor claims its items (a claim would
+    lock every other supervisor out)."""
+    agent = item.action.agent
+    if agent.owner_id == user.pk:
+        raise ReviewForbidden(
+            f"You own {agent.slug}, the agent that proposed this: another person must decide it."
+        )
+
+
 def _name(user: Any) -> str:
     return str(user.get_username()) if user is not None else "nobody"
 
@@ -251,6 +269,9 @@ class DecisionInput:
     reason_code: str
     reason_text: str = ""
     params: dict[str, Any] | None = None  # for edit_approve: the params to run instead
+    # The digest of the params the person saw (the page sends it): if they changed since, an
+    # approval would approve params nobody showed them, so the decision is refused.
+    seen_digest: str = ""
 
 
 @dataclass
@@ -262,10 +283,13 @@ class DecisionResult:
     messages: list[str] = field(default_factory=list)
 
 
-def _check_input(item: ReviewItem, given: DecisionInput) -> list[tuple[str, str]]:
+def _check_input(
+    item: ReviewItem, given: DecisionInput
+) -> tuple[list[tuple[str, str]], dict[str, Any] | None]:
+    """The input's problems, and the edited params in their canonical form (for edit_approve)."""
     errors: list[tuple[str, str]] = []
     if given.verdict not in Verdict.values:
-        return [("verdict", f"must be one of {', '.join(Verdict.values)}")]
+        return [("verdict", f"must be one of {', '.join(Verdict.values)}")], None
     reasons = REJECT_REASONS if given.verdict == Verdict.REJECT else APPROVE_REASONS
     if not given.reason_code:
         errors.append(("reason_code", "pick a reason"))
@@ -276,14 +300,18 @@ def _check_input(item: ReviewItem, given: DecisionInput) -> list[tuple[str, str]
         errors.append(("reason_text", "say why in a few words (the reason is 'other')"))
     if len(text) > REASON_TEXT_MAX:
         errors.append(("reason_text", f"at most {REASON_TEXT_MAX} characters"))
+    params = None
     if given.verdict == Verdict.EDIT_APPROVE:
         if not isinstance(given.params, dict):
             errors.append(("params", "must be a JSON object"))
-        elif item.action.status == Status.SUCCEEDED:
+        elif item.action.status not in RUNNABLE_AFTER_REVIEW:
             errors.append(("params", "an action that already ran cannot be edited"))
         else:
-            errors.extend(params_errors(item.action.tool, given.params))
-    return errors
+            try:
+                params = params_check(item.action.tool, given.params)
+            except ParamsInvalid as invalid:
+                errors.extend(invalid.errors)
+    return errors, params
 
 
 def params_diff(before: Any, after: Any, path: str = "params") -> list[dict[str, Any]]:
@@ -328,13 +356,63 @@ def feedback_context(item: ReviewItem) -> dict[str, Any]:
     }
 
 
+# An action in one of these states runs when people approve its item: a held action, or a
+# fallback (failed or drained) that an approval runs again as a new action.
+RUNNABLE_AFTER_REVIEW = (Status.PENDING_REVIEW, Status.FAILED, Status.CANCELLED)
+
+
+def _params_to_run(item: ReviewItem, edited: dict[str, Any] | None) -> dict[str, Any]:
+    """The params an approval now would run: the edit given, else the last edit still waiting
+    for approvals, else the action's own."""
+    if edited is not None:
+        return edited
+    if item.pending_params is not None:
+        return dict(item.pending_params)
+    return dict(item.action.params)
+
+
+def _valid_approvals(item: ReviewItem, ruling: Ruling, now: datetime) -> Any:
+    """The approvals that still count for the params `ruling` decided: of these very params,
+    under this book version, not yet expired."""
+    return item.decisions.filter(
+        verdict__in=(Verdict.APPROVE, Verdict.EDIT_APPROVE),
+        params_digest=ruling.digest,
+        book_version=ruling.version,
+        expires_at__gt=now,
+    )
+
+
+def subject_after_edit(subject: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The subject of edited params: `employee:E-101` becomes `employee:E-105` when the param
+    that named E-101 now names E-105, so that the item shows what will run."""
+    kind, sep, name = subject.partition(":")
+    if not sep:
+        return subject
+    for key, old in before.items():
+        new = after.get(key)
+        if _names(old) and str(old) == name and new != old and _names(new):
+            return f"{kind}:{new}"
+    return subject
+
+
+def _names(value: Any) -> bool:
+    """Whether a param's value can name a subject (text or a whole number)."""
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
 def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionResult:
     """Record one person's decision and apply it once it is final.
 
     Held action: approve (after the second approval, for red-zone items needing two) queues it
     at once; reject ends it. Fallback of an action that could not run: approve runs it again
     as a new action. Spot check of an executed action: approve confirms it, reject records the
-    rework."""
+    rework.
+
+    An approval that would make params run asks the active Decision Book first, by the gate's
+    decision function, on exactly those params (edited or not, under the version active now):
+    a deny is refused naming the policy; a hold needs the approvals a fresh proposal would
+    need. Each approval is bound to the params' digest, the version and an expiry; an edit
+    starts the count again, with the editor as its first approver."""
     # Audit events appended when the block ends, after the queue's tally moved: the chain's
     # head is always taken last (as the gate does), so no two transactions wait in a cycle.
     with transaction.atomic(), audit_batch():
@@ -344,28 +422,45 @@ def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionRes
             raise ReviewConflict(_closed_message(item))
         if item.claimed_by_id not in (None, user.pk):
             raise ReviewConflict(f"Claimed by {_name(item.claimed_by)}: unclaimed items only.")
-        if action.agent.owner_id == user.pk:
-            raise ReviewForbidden(
-                f"You own {action.agent.slug}, the agent that proposed this: another person "
-                "must decide it."
-            )
-        if item.decisions.filter(user=user).exists():
-            raise ReviewForbidden(
-                "You already approved this item: a second, different person must approve it."
-            )
-        errors = _check_input(item, given)
+        _refuse_owner(item, user)
+        errors, edited = _check_input(item, given)
         if errors:
             raise ReviewInvalid(errors)
+        if given.seen_digest and given.seen_digest != params_digest(_params_to_run(item, None)):
+            raise ReviewConflict(
+                "The params of this item changed since you opened it (someone edited them): "
+                "look at them again before deciding."
+            )
 
         now = timezone.now()
-        context = feedback_context(item)
         approving = given.verdict in (Verdict.APPROVE, Verdict.EDIT_APPROVE)
-        params = given.params if given.verdict == Verdict.EDIT_APPROVE else None
-        diff = params_diff(action.params, params) if params is not None else []
-        approvals = (
-            1 + item.decisions.filter(verdict__in=(Verdict.APPROVE, Verdict.EDIT_APPROVE)).count()
-        )
-        final = not approving or approvals >= item.approvals_required
+        to_run = _params_to_run(item, edited)
+        ruling: Ruling | None = None
+        if approving and action.status in RUNNABLE_AFTER_REVIEW:
+            ruling = action_rule_now(action, to_run, at=now)
+            if not ruling.may_run_after_approval:
+                if edited is not None:
+                    raise ReviewInvalid([("params", ruling.refusal())])
+                raise ReviewForbidden(ruling.refusal())
+            digest = ruling.digest
+            if _valid_approvals(item, ruling, now).filter(user=user).exists():
+                raise ReviewForbidden(
+                    "You already approved these params: a second, different person must "
+                    "approve them."
+                )
+            required = ruling.approvals_required
+            approvals = 1 + _valid_approvals(item, ruling, now).count()
+        else:
+            digest = params_digest(to_run)
+            if item.decisions.filter(user=user, params_digest=digest).exists():
+                raise ReviewForbidden(
+                    "You already approved this item: a second, different person must approve it."
+                )
+            required, approvals = item.approvals_required, 1
+        final = not approving or approvals >= required
+
+        context = feedback_context(item)
+        diff = params_diff(action.params, edited) if edited is not None else []
         decision = ReviewDecision.objects.create(
             item=item,
             user=user,
@@ -373,14 +468,19 @@ def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionRes
             reason_code=given.reason_code,
             reason_text=given.reason_text.strip(),
             context=context,
-            params_after=params,
+            params_after=edited,
             diff=diff,
             final=final,
             created_at=now,
+            params_digest=digest,
+            book_version=ruling.version if ruling is not None else None,
+            expires_at=now + approval_lifetime() if ruling is not None else None,
         )
-        if params is not None and action.status == Status.PENDING_REVIEW:
-            Action.objects.filter(pk=action.pk).update(params=params, updated_at=now)
-            action.params = params
+        if edited is not None:
+            _edit(item, action, edited, actor=user, now=now)
+        if ruling is not None and required != item.approvals_required:
+            item.approvals_required = required
+            item.save(update_fields=["approvals_required"])
         audit_record(
             actor=user,
             verb=f"review.{given.verdict}",
@@ -393,15 +493,18 @@ def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionRes
                 "diff": diff,
                 "final": final,
                 "approvals": approvals if approving else None,
+                "params_digest": digest,
+                "book_version": ruling.version.number if ruling and ruling.version else None,
+                "decision": ruling.decision if ruling is not None else None,
             },
         )
         result = DecisionResult(item=item, decision=decision, final=final)
         if not final:
-            # The first of two approvals: recorded; the item waits, unclaimed, for a second person.
+            # Approval 1 of 2: recorded; the item waits, unclaimed, for a second person.
             item.claimed_by, item.claimed_at = None, None
             item.save(update_fields=["claimed_by", "claimed_at"])
             result.messages.append(
-                f"Approval 1 of {item.approvals_required} recorded: a second person must approve."
+                f"Approval {approvals} of {required} recorded: a second person must approve."
             )
             return result
 
@@ -409,9 +512,32 @@ def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionRes
             # Decided without an explicit claim: the review time starts when the item was opened.
             item.claimed_by, item.claimed_at = user, item.created_at
         item.outcome = given.verdict
-        result.queued = _apply(item, action, user, given, params, now)
+        result.queued = _apply(item, action, user, given, to_run, ruling, now)
         _close(item, State.DECIDED, now, "outcome", "claimed_by", "claimed_at", "retry")
         return result
+
+
+def _edit(
+    item: ReviewItem, action: Action, params: dict[str, Any], *, actor: User, now: datetime
+) -> None:
+    """Keep edited params for the approvals still to come. A held action takes them (and the
+    subject they name) at once, so that every later reader sees what will run; a fallback's
+    failed action keeps its record, and the item carries the params its retry will run."""
+    item.pending_params = params
+    item.save(update_fields=["pending_params"])
+    if action.status != Status.PENDING_REVIEW:
+        return
+    subject = subject_after_edit(action.subject, action.params, params)
+    Action.objects.filter(pk=action.pk).update(params=params, subject=subject, updated_at=now)
+    if subject != action.subject:
+        audit_record(
+            actor=actor,
+            verb="action.subject_changed",
+            target=action,
+            subject=subject,
+            data={"from": action.subject, "to": subject, "review": item.pk},
+        )
+    action.params, action.subject = params, subject
 
 
 def _apply(
@@ -419,23 +545,52 @@ def _apply(
     action: Action,
     user: User,
     given: DecisionInput,
-    params: dict[str, Any] | None,
+    params: dict[str, Any],
+    ruling: Ruling | None,
     now: datetime,
 ) -> Action | None:
-    data = {"review": item.pk, "reason": given.reason_code}
+    data: dict[str, Any] = {"review": item.pk, "reason": given.reason_code}
     approving = given.verdict != Verdict.REJECT
     if action.status == Status.PENDING_REVIEW:
         if not approving:
             transition(action, Status.REJECTED, actor=user, data=data, finished_at=now)
             return None
-        transition(action, Status.APPROVED, actor=user, data=data)
-        return action_enqueue(action, actor=user)
+        assert ruling is not None
+        assert ruling.version is not None
+        expires = _approval_expiry(item, ruling, now)
+        data |= {
+            "book_version": ruling.version.number,
+            "params_digest": ruling.digest,
+            "approval_expires_at": expires.isoformat(),
+        }
+        transition(action, Status.APPROVED, actor=user, data=data, book_version=ruling.version)
+        return action_enqueue(action, ruling=ruling, actor=user, approval_expires_at=expires)
     if action.status in (Status.FAILED, Status.CANCELLED) and approving:
-        retry = action_retry(action, params=params or action.params, actor=user, note=data)
+        assert ruling is not None
+        expires = _approval_expiry(item, ruling, now)
+        retry = action_retry(
+            action,
+            params=params,
+            ruling=ruling,
+            actor=user,
+            note=data,
+            approval_expires_at=expires,
+        )
         item.retry = retry
         return retry
     # A spot check (or a rejected fallback): the decision is the record; nothing runs.
     return None
+
+
+def _approval_expiry(item: ReviewItem, ruling: Ruling, now: datetime) -> datetime:
+    """The approvals hold until the first of them expires (this one included)."""
+    first = (
+        _valid_approvals(item, ruling, now)
+        .order_by("expires_at")
+        .values_list("expires_at", flat=True)
+        .first()
+    )
+    return first or now + approval_lifetime()
 
 
 @dataclass

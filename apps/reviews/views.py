@@ -18,10 +18,12 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
 from apps.actions.models import Status
+from apps.actions.params import params_digest
 from apps.reviews.forms import DecisionForm, QueueFilterForm, edited_params, reason_choices
 from apps.reviews.models import ReviewDecision, ReviewItem, Verdict
 from apps.reviews.selectors import (
     OVERDUE_COUNT_CAP,
+    action_currency,
     feedback_lines,
     prior_actions,
     queue_counts,
@@ -96,6 +98,10 @@ def _item_context(request: HttpRequest, item: ReviewItem, **extra: object) -> di
     user = _user(request)
     decisions = list(ReviewDecision.objects.filter(item=item).select_related("user"))
     followed = item.retry if item.retry is not None else item.action
+    if item.pending_params is not None and item.is_open:
+        # Edited params waiting for more approvals are what an approval now would run: shown
+        # in place of the action's own (this copy is for the page; nothing is saved).
+        item.action.params = dict(item.pending_params)
     return {
         "item": item,
         "action": item.action,
@@ -110,6 +116,7 @@ def _item_context(request: HttpRequest, item: ReviewItem, **extra: object) -> di
         "claimed_by_other": item.claimed_by_id not in (None, user.pk),
         "can_edit": item.action.status in (Status.PENDING_REVIEW, Status.FAILED, Status.CANCELLED),
         "form": extra.pop("form", None) or DecisionForm(),
+        "params_digest": params_digest(item.action.params),
         **extra,
     }
 
@@ -176,7 +183,7 @@ def decide(request: HttpRequest, item_id: int) -> HttpResponse:
     verdict = form.cleaned_data["verdict"]
     params = None
     if verdict == Verdict.EDIT_APPROVE:
-        currency = item.action.book_version.currency if item.action.book_version else ""
+        currency = action_currency(item.action)
         params, problems = edited_params(
             item.action.tool, item.action.params, request.POST, currency=currency
         )
@@ -189,6 +196,7 @@ def decide(request: HttpRequest, item_id: int) -> HttpResponse:
         reason_code=form.cleaned_data["reason_code"],
         reason_text=form.cleaned_data["reason_text"],
         params=params,
+        seen_digest=str(request.POST.get("params_digest", ""))[:64],
     )
     try:
         result = review_decide(item_id, _user(request), given)

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 from django.conf import settings
@@ -46,16 +47,21 @@ _http = urllib3.PoolManager(num_pools=2, maxsize=4, retries=False)
 
 def _sandbox_read(ctx: StepContext, tool: str, params: dict[str, Any]) -> dict[str, Any]:
     """Read from the sandbox at the address of a read-only tool (no action: nothing changes)."""
-    url = Tool.objects.filter(slug=tool).values_list("endpoint_url", flat=True).first()
-    if not url:
+    found = Tool.objects.filter(slug=tool).values_list("endpoint_url", "credential_secret").first()
+    if found is None or not found[0]:
         raise StepFailed(f"tool {tool} is not registered, so its system cannot be read")
+    url, credential = found
+    # The read carries the tool's credential, as its calls through the connector do.
+    headers = {"Content-Type": "application/json"}
+    if credential:
+        headers["Authorization"] = f"Bearer {credential}"
     timeout = max(min(5.0, ctx.remaining()), 0.1)
     try:
         response = _http.request(
             "POST",
             url,
             body=json.dumps(params).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=headers,
             timeout=urllib3.Timeout(connect=timeout, read=timeout),
         )
     except urllib3.exceptions.HTTPError as exc:
@@ -493,9 +499,37 @@ DEMO_PRICE = ("deterministic", DETERMINISTIC_MODEL, Decimal("0.010000"), Decimal
 AGENT_BUDGETS = {"refund-bot": 20_000, "access-bot": 10_000, "invoice-matcher": 10_000}
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _local_sandbox(url: str) -> bool:
+    where = urlsplit(url)
+    return where.hostname in LOOPBACK_HOSTS and where.path.startswith("/sandbox/")
+
+
+def demo_tools_credential_ensure() -> list[str]:
+    """Give the demo tools that call the sandbox on this machine its credential (SANDBOX_TOKEN),
+    as a system of record's administrator hands one to a connector. The token is never sent
+    anywhere but to the sandbox: a tool with any address elsewhere does not get it, and loses it
+    if it was pointed elsewhere since."""
+    token: str = settings.SANDBOX_TOKEN
+    changed: list[str] = []
+    for tool in Tool.objects.filter(connector=Tool.Connector.HTTP).order_by("slug"):
+        urls = [url for url in (tool.endpoint_url, tool.undo_endpoint_url) if url]
+        local = bool(urls) and all(_local_sandbox(url) for url in urls)
+        if local and tool.credential_secret != token:
+            Tool.objects.filter(pk=tool.pk).update(credential_secret=token)
+            changed.append(f"tool {tool.slug} given the sandbox's credential")
+        elif not local and token and tool.credential_secret == token:
+            Tool.objects.filter(pk=tool.pk).update(credential_secret="")
+            changed.append(f"tool {tool.slug} no longer calls the sandbox: credential removed")
+    return changed
+
+
 def demo_runtime_ensure() -> list[str]:
-    """The demo's model price and agent budgets; return what was created, for the log."""
-    created: list[str] = []
+    """The demo's model price, agent budgets and the demo tools' sandbox credential; return
+    what was created, for the log."""
+    created: list[str] = demo_tools_credential_ensure()
     provider, model, price_in, price_out = DEMO_PRICE
     _, new = ModelPrice.objects.get_or_create(
         provider=provider,

@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
+from apps.registry.models import Agent
 from apps.runtime.budgets import month_of
 from apps.runtime.models import (
     BudgetPeriod,
@@ -136,3 +137,44 @@ def spend_by_model(month: date | None = None) -> list[SpendRow]:
 
 def provider_circuits() -> list[ProviderCircuit]:
     return list(ProviderCircuit.objects.order_by("provider"))
+
+
+@dataclass(frozen=True)
+class AgentBudgetRow:
+    """One agent's own monthly budget (None: it has none) and its use this month."""
+
+    agent: str
+    monthly_limit_cents: int | None
+    soft_limit_percent: int | None
+    spent_cents: Decimal
+    reserved_cents: Decimal
+
+    @property
+    def remaining_cents(self) -> Decimal | None:
+        if self.monthly_limit_cents is None:
+            return None
+        return Decimal(self.monthly_limit_cents) - self.spent_cents - self.reserved_cents
+
+
+def agent_budget_rows(month: date | None = None) -> list[AgentBudgetRow]:
+    """Every agent with its own budget, if any, and what it has spent and holds this month."""
+    periods = {
+        period.agent_id: period
+        for period in BudgetPeriod.objects.filter(
+            scope=BudgetPeriod.Scope.AGENT, month=month or month_of()
+        )
+    }
+    rows = []
+    for agent in Agent.objects.select_related("budget").order_by("slug"):
+        budget = getattr(agent, "budget", None)
+        period = periods.get(agent.pk)
+        rows.append(
+            AgentBudgetRow(
+                agent=agent.slug,
+                monthly_limit_cents=budget.monthly_limit_cents if budget is not None else None,
+                soft_limit_percent=budget.soft_limit_percent if budget is not None else None,
+                spent_cents=period.spent_cents if period is not None else Decimal(0),
+                reserved_cents=period.reserved_cents if period is not None else Decimal(0),
+            )
+        )
+    return rows

@@ -11,5 +11,6 @@ urlpatterns = [
     path("runs/<uuid:run_id>/", views.run, name="run"),
     path("demo-traffic/", views.demo_traffic, name="demo_traffic"),
     path("budgets/", views.budgets, name="budgets"),
+    path("budgets/agents/", views.agent_budget, name="agent_budget"),
     path("escalations/", views.escalations, name="escalations"),
 ]

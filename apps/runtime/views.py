@@ -16,10 +16,12 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
 from apps.core.http import HtmxHttpRequest
-from apps.runtime.budgets import month_of
+from apps.registry.models import Agent
+from apps.runtime.budgets import agent_budget_set, month_of
 from apps.runtime.demo import demo_traffic_set, demo_traffic_state
-from apps.runtime.forms import RunFilterForm
+from apps.runtime.forms import AgentBudgetForm, RunFilterForm
 from apps.runtime.selectors import (
+    agent_budget_rows,
     budget_alerts,
     budget_periods_of,
     provider_circuits,
@@ -81,9 +83,9 @@ def demo_traffic(request: HttpRequest) -> HttpResponse:
     return redirect("runtime:runs")
 
 
-@require_GET
-@role_required(Role.FINANCE)
-def budgets(request: HttpRequest) -> HttpResponse:
+def _budgets_page(
+    request: HttpRequest, form: AgentBudgetForm | None = None, status: int = 200
+) -> HttpResponse:
     return render(
         request,
         "runtime/budgets.html",
@@ -92,8 +94,39 @@ def budgets(request: HttpRequest) -> HttpResponse:
             "periods": budget_periods_of(),
             "alerts": budget_alerts(),
             "spend": spend_by_model(),
+            "agent_budgets": agent_budget_rows(),
+            "agent_budget_form": form or AgentBudgetForm(),
         },
+        status=status,
     )
+
+
+@require_GET
+@role_required(Role.FINANCE)
+def budgets(request: HttpRequest) -> HttpResponse:
+    return _budgets_page(request)
+
+
+@require_POST
+@role_required(Role.FINANCE)
+def agent_budget(request: HttpRequest) -> HttpResponse:
+    """Set or remove an agent's own monthly budget (finance), audited."""
+    form = AgentBudgetForm(request.POST)
+    if not form.is_valid():
+        return _budgets_page(request, form, status=422)
+    agent = Agent.objects.get(slug=form.cleaned_data["agent"])
+    limit = form.limit_cents()
+    agent_budget_set(
+        agent=agent,
+        monthly_limit_cents=limit,
+        soft_limit_percent=form.cleaned_data["soft_limit_percent"],
+        actor=request.user,
+    )
+    if limit is None:
+        messages.success(request, f"{agent.slug} has no budget of its own any more.")
+    else:
+        messages.success(request, f"Budget of {agent.slug} set.")
+    return redirect("runtime:budgets")
 
 
 @require_GET

@@ -8,8 +8,15 @@ Undo endpoints name the original by `idempotency_key_of_original` and/or its ref
 (`refund_id`, `invoice_id`, `grant_id`) and ignore any other field, since a connector may send
 the original's result along.
 
-These are called by machines, not browsers: no session, no CSRF token. The faults switch is the
-exception: it is for operators, signed in or holding the sandbox token."""
+These are called by machines, not browsers: no session, no CSRF token, but the credential the
+sandbox issued its tools, `Authorization: Bearer <SANDBOX_TOKEN>` (a 401 without it, before
+anything else is looked at). The faults switch is the exception: it is for operators, signed in
+or holding the sandbox token.
+
+Nothing here answers unless SANDBOX_ENABLED is true: a deployment without the demo has no
+sandbox, and every address under /sandbox/ is the site's ordinary 404. (The check is made per
+request rather than by leaving the URLs out, so that the setting can change without reloading
+the URLconf, as tests do.)"""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.roles import Role, user_roles
@@ -58,6 +65,7 @@ logger = logging.getLogger(__name__)
 KEY_HEADER = "Idempotency-Key"
 ACTION_HEADER = "X-Escapement-Action"
 TOKEN_HEADER = "X-Sandbox-Token"  # noqa: S105 (a header name, not a secret)
+CREDENTIAL_HEADER = "Authorization"
 ORIGINAL_KEY = "idempotency_key_of_original"
 ID_MAX = 100
 
@@ -110,14 +118,46 @@ def _header(request: HttpRequest, name: str, *, required: bool, max_length: int)
     return value
 
 
+def _enabled() -> None:
+    """The sandbox exists only where SANDBOX_ENABLED says so; elsewhere, the site's 404."""
+    if not settings.SANDBOX_ENABLED:
+        raise Http404("There is no sandbox in this deployment.")
+
+
+def _credential_refusal(request: HttpRequest) -> JsonResponse | None:
+    """None when the request carries the sandbox's credential; a 401 naming the header
+    otherwise. Compared in constant time, so that timing tells nothing of the token."""
+    expected: str = settings.SANDBOX_TOKEN
+    scheme, _, given = request.headers.get(CREDENTIAL_HEADER, "").partition(" ")
+    if (
+        expected
+        and scheme.lower() == "bearer"
+        and secrets.compare_digest(given.strip().encode(), expected.encode())
+    ):
+        return None
+    if scheme:
+        message = "does not carry the sandbox's credential"
+    else:
+        message = "is required: send the credential the sandbox issued, as Bearer <token>"
+    response = refuse(401, message, CREDENTIAL_HEADER)
+    response["WWW-Authenticate"] = 'Bearer realm="sandbox"'
+    return response
+
+
 def sandbox_endpoint(name: str, *, mutating: bool = True) -> Callable[[Handler], Any]:
-    """Turn a handler into a view: POST only, faults applied, JSON read, and (when `mutating`)
-    answered at most once per idempotency key. `name` scopes the keys."""
+    """Turn a handler into a view: the credential checked, POST only, faults applied, JSON read,
+    and (when `mutating`) answered at most once per idempotency key. `name` scopes the keys."""
 
     def decorator(handler: Handler) -> Callable[[HttpRequest], HttpResponse]:
         @csrf_exempt
         @wraps(handler)
         def view(request: HttpRequest) -> HttpResponse:
+            _enabled()
+            # First of all: a caller without the credential learns nothing, and cannot make
+            # the sandbox wait (slow mode) or count towards its flaky answers.
+            refusal = _credential_refusal(request)
+            if refusal is not None:
+                return refusal
             if request.method != "POST":
                 response = refuse(405, f"{request.method} is not allowed here; use POST")
                 response["Allow"] = "POST"
@@ -324,6 +364,7 @@ def faults(request: HttpRequest) -> HttpResponse:
 
     Exempt from CSRF for scripts holding the token; a browser session is safe anyway because
     only application/json is read, which no cross-site form can send."""
+    _enabled()
     if request.method not in ("GET", "POST"):
         response = refuse(405, f"{request.method} is not allowed here; use GET or POST")
         response["Allow"] = "GET, POST"
@@ -350,4 +391,8 @@ def faults(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     """A JSON 404 for any other path: callers of a system of record never read HTML."""
+    _enabled()
+    refusal = _credential_refusal(request)
+    if refusal is not None:
+        return refusal
     return refuse(404, f"there is no sandbox endpoint {request.path}")

@@ -246,9 +246,10 @@ def test_rollback__irreversible_tool__409_naming_irreversible(
 ) -> None:
     # Given a succeeded action of a tool with no undo
     action = make_succeeded(callable_tool("wire_transfer", reversible=False))
+    oncall = client_for(Role.ONCALL)
     events = AuditEvent.objects.count()
     # When on-call rolls it back
-    response = client_for(Role.ONCALL).post(url(action.pk, rollback=True))
+    response = oncall.post(url(action.pk, rollback=True))
     # Then it is refused, saying the tool is irreversible and what to do instead
     assert response.status_code == 409
     assert response.json() == {

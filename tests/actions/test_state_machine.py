@@ -27,6 +27,7 @@ SPECIFIED = {
     "queued": {"running", "cancelled"},
     "running": {"succeeded", "failed"},
     "succeeded": {"rolled_back", "rollback_failed"},
+    "rollback_failed": {"rolled_back", "rollback_failed"},  # a failed undo, retried
 }
 LEGAL = sorted((source, target) for source, targets in SPECIFIED.items() for target in targets)
 ILLEGAL = sorted(

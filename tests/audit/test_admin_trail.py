@@ -56,5 +56,6 @@ def test_admin__workflow_added_and_deleted__both_audited(client_for: Any) -> Non
     workflow = Workflow.objects.get(slug="claims")
     client.post(reverse("admin:registry_workflow_delete", args=[workflow.pk]), {"post": "yes"})
     assert not Workflow.objects.filter(slug="claims").exists()
-    verbs = list(AuditEvent.objects.order_by("sequence").values_list("verb", flat=True))
+    of_workflows = AuditEvent.objects.filter(target_type="registry.workflow")
+    verbs = list(of_workflows.order_by("sequence").values_list("verb", flat=True))
     assert verbs == ["workflow.created", "workflow.deleted"]

@@ -86,11 +86,12 @@ def test_audit_verify_command__intact_and_broken(capsys: pytest.CaptureFixture[s
 
 
 def test_audit_page__risk_user__sees_events_and_verdict(client_for: Any) -> None:
+    client = client_for(Role.RISK)  # the risk user's creation is the chain's first event
     record_events(2)
-    response = client_for(Role.RISK).get("/audit/?verb=test.")
+    response = client.get("/audit/?verb=test.")
     html = response.content.decode()
     assert response.status_code == 200
-    assert "Chain intact: 2 events verified." in html
+    assert "Chain intact: 3 events verified." in html
     assert html.count("<code>test.event</code>") == 2
 
 

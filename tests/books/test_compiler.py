@@ -35,6 +35,11 @@ SMALL_CEDAR = """\
 forbid (principal, action, resource)
 unless { resource in [Tool::"issue_refund", Tool::"close_account"] };
 
+@id("currency-usd-only")
+@message("Amounts in a currency other than USD need a person: the caps are in USD")
+forbid (principal, action == Action::"execute", resource)
+when { context.has_amount && context.currency != "USD" };
+
 @id("issue_refund-may-propose")
 @message("issue_refund may be proposed for a person to decide")
 permit (principal, action == Action::"propose", resource == Tool::"issue_refund");
@@ -46,12 +51,12 @@ permit (principal, action == Action::"execute", resource == Tool::"issue_refund"
 @id("issue_refund-review-above-12345")
 @message("issue_refund above 123.45 USD needs a person")
 forbid (principal, action == Action::"execute", resource == Tool::"issue_refund")
-when { context.amount > 12345 };
+when { context.currency == "USD" && context.amount > 12345 };
 
 @id("issue_refund-never-above-100000")
 @message("issue_refund above 1,000.00 USD is never allowed")
 forbid (principal, action, resource == Tool::"issue_refund")
-when { context.amount > 100000 };
+when { context.currency == "USD" && context.amount > 100000 };
 
 @id("close_account-may-propose")
 @message("close_account may be proposed for a person to decide")
@@ -242,6 +247,7 @@ def test_compile_controls__segment_with_quotes__matched_and_named_verbatim() -> 
         workflow="refunds",
         at=datetime(2025, 3, 5, 10, tzinfo=UTC),
         amount=100,
+        currency="EUR",
         segment=segment,
     )
 

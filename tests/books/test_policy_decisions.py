@@ -674,10 +674,13 @@ def test_slice_for__propose_on_a_tool__only_its_policies_and_fields() -> None:
     propose = compiled.slice_for("propose", "issue_refund")
     execute = compiled.slice_for("execute", "issue_refund")
 
-    # Proposing reads the hard cap only: no confidence decimal for Cedar to parse.
-    assert propose.fields == frozenset({"amount"})
+    # Proposing reads the hard cap only (an amount in the book's currency): no confidence
+    # decimal for Cedar to parse.
+    assert propose.fields == frozenset({"amount", "currency"})
     assert len(propose.policy_set) == 3  # the allow-list, may-propose, never-above
-    assert execute.fields == frozenset({"amount", "confidence", "segment", "hour", "weekday"})
+    assert execute.fields == frozenset(
+        {"amount", "has_amount", "currency", "confidence", "segment", "hour", "weekday"}
+    )
 
 
 def test_slice_for__tools_no_policy_names__share_one_slice() -> None:

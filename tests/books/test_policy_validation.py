@@ -106,7 +106,7 @@ def raw_problems(policy: str) -> list[PolicyProblem]:
         pytest.param(
             '@id("confidence-threshold")\n@message("m")\npermit (principal, action, resource);',
             "confidence-threshold",
-            "The @id 'confidence-threshold' is already used at line 24 of the controls",
+            "The @id 'confidence-threshold' is already used at line 29 of the controls",
             id="duplicate-id-of-a-control",
         ),
         pytest.param(

@@ -34,6 +34,7 @@ from controlplane.celery import app as celery_app
 from tests.actions.conftest import proposal_body, propose
 from tests.conftest import other_sessions_ended
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
+from tests.sandbox.conftest import sandbox_open
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def wait_for(condition: Any, timeout: float = 20.0) -> None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("in_process_worker")
 def test_trace__proposal_to_sandbox__one_trace_across_web_worker_connector_sandbox(
-    spans: InMemorySpanExporter, live_server: Any, user_for: Any
+    spans: InMemorySpanExporter, live_server: Any, user_for: Any, settings: Any
 ) -> None:
     # Given refund-bot whose issue_refund reaches the sandbox over HTTP, and tracing on
     sandbox_seed()
@@ -88,6 +89,7 @@ def test_trace__proposal_to_sandbox__one_trace_across_web_worker_connector_sandb
     workflow = make_workflow()
     tool = make_tool()
     tool.endpoint_url = f"{live_server.url}/sandbox/refunds"
+    tool.credential_secret = sandbox_open(settings)
     tool.save()
     agent = make_agent(owner=user_for(Role.ADMIN), workflows=[workflow], tools=[tool])
     make_published_book(workflow=workflow, author=owner)

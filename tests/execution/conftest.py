@@ -38,6 +38,7 @@ from apps.sandbox.services import faults_set
 from controlplane.celery import app as celery_app
 from tests.conftest import ROOT, database_url_for_subprocess
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
+from tests.sandbox.conftest import SANDBOX_TOKEN, sandbox_open
 
 # Seeded sandbox orders (apps/sandbox/demo.py): 1003 holds 39.50 EUR, 1001 only 10.00 EUR.
 ROOMY_ORDER = "1003"
@@ -61,7 +62,8 @@ def trail_of(action: Action) -> list[str]:
 @dataclass(frozen=True)
 class World:
     """refund-bot in the refunds workflow (REFUND_CONTROLS), its key, and issue_refund wired to
-    the sandbox; `owner` is the book's escalation owner (bob, of the risk role)."""
+    the sandbox with its credential; `owner` is the book's escalation owner (bob, of the risk
+    role)."""
 
     key: AgentKey
     tool: Tool
@@ -70,7 +72,9 @@ class World:
 
 
 @pytest.fixture
-def sandbox_url(live_server: Any) -> Iterator[str]:
+def sandbox_url(live_server: Any, settings: Any) -> Iterator[str]:
+    """The live server's sandbox, switched on; tools pointed at it carry SANDBOX_TOKEN."""
+    sandbox_open(settings)
     yield f"{live_server.url}/sandbox"
     # Calls made from this process leave keep-alive connections in the connector's pool, and
     # each keeps a live-server thread, with its database connection, waiting for a next request
@@ -86,6 +90,7 @@ def world(transactional_db: Any, user_for: Any, sandbox_url: str) -> World:
     tool = make_tool()
     tool.endpoint_url = f"{sandbox_url}/refunds"
     tool.undo_endpoint_url = f"{sandbox_url}/refunds/undo"
+    tool.credential_secret = SANDBOX_TOKEN
     tool.reversible = True
     tool.save()
     agent = make_agent(owner=user_for(Role.ADMIN), workflows=[workflow], tools=[tool])

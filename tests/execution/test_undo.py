@@ -29,6 +29,7 @@ from tests.execution.conftest import (
     trail_of,
 )
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
+from tests.sandbox.conftest import SANDBOX_TOKEN
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("own_queue")]
 
@@ -110,6 +111,7 @@ def mfa_reset_action(world: World, user_for: Any, sandbox_url: str) -> Action:
     tool = make_tool("reset_mfa", schema=MFA_SCHEMA, amount_param="", risk_zone="green")
     tool.reversible = False
     tool.endpoint_url = f"{sandbox_url}/access/reset-mfa"
+    tool.credential_secret = SANDBOX_TOKEN
     tool.save()
     agent = make_agent("access-bot", owner=user_for(Role.ADMIN), workflows=[workflow], tools=[tool])
     make_published_book(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -51,6 +52,14 @@ def test_console__htmx_refresh__returns_only_the_state(client_for: Any) -> None:
 
 
 # --- engage, release, drain and rollback from the console ---------------------------------
+
+
+def confirmed_set(step_html: str, prefix: str) -> dict[str, str]:
+    """The hidden field by which a drain or rollback confirmation sends back its set."""
+    found = re.search(rf'name="{prefix}-expected" value="([^"]*)"', step_html)
+    assert found, "the confirmation step carries no set"
+    return {f"{prefix}-expected": found.group(1)}
+
 
 ENGAGE = {
     "engage-scope": "agent",
@@ -159,7 +168,8 @@ def test_drain__confirmed__report_page_lists_each_action(desk: Desk, client_for:
     }
     step = client.post("/oncall/drain/", form).content.decode()
     assert "0 queued and 1 held action(s)" in step
-    done = client.post("/oncall/drain/", form | {"confirm": "yes"}, follow=True)
+    confirmed = form | confirmed_set(step, "drain") | {"confirm": "yes"}
+    done = client.post("/oncall/drain/", confirmed, follow=True)
     html = done.content.decode()
     assert str(held.pk)[:10] in html
     assert "handed over" in html
@@ -180,7 +190,9 @@ def test_rollback__confirmed__progress_page_polls_until_finished(
     }
     step = client.post("/oncall/rollback/", form).content.decode()
     assert "irreversible: by hand" in step
-    response = client.post("/oncall/rollback/", form | {"confirm": "yes"})
+    response = client.post(
+        "/oncall/rollback/", form | confirmed_set(step, "rollback") | {"confirm": "yes"}
+    )
     run = RollbackRun.objects.get()
     assert response["Location"] == f"/oncall/rollbacks/{run.pk}/"
     # While it waits for a worker, the progress polls

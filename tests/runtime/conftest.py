@@ -86,7 +86,10 @@ def make_flow(
     workflow = make_workflow(slug=slug, name=slug)
     tool = make_tool()
     if sandbox_url:
+        from tests.sandbox.conftest import SANDBOX_TOKEN
+
         tool.endpoint_url = f"{sandbox_url}/refunds"
+        tool.credential_secret = SANDBOX_TOKEN
         tool.save()
     bot = make_agent(agent, owner=user_for(Role.ADMIN), workflows=[workflow], tools=[tool])
     version = make_published_book(
@@ -110,16 +113,21 @@ def client_module() -> Any:
 
 
 @pytest.fixture
-def demo_world(transactional_db: Any, user_for: Any, live_server: Any) -> Iterator[str]:
-    """The demo world of `make run` with its tools pointed at the live server's sandbox;
-    returns the sandbox's URL."""
+def demo_world(
+    transactional_db: Any, user_for: Any, live_server: Any, settings: Any
+) -> Iterator[str]:
+    """The demo world of `make run` with its tools pointed at the live server's sandbox, which
+    is switched on, and given its credential as `seed_demo` gives it; returns the sandbox's
+    URL."""
     from apps.accounts.roles import Role
     from apps.actions import connectors
     from apps.books.demo import SANDBOX, demo_world_ensure
     from apps.registry.models import Tool
     from apps.runtime import demo
     from apps.sandbox.demo import sandbox_seed
+    from tests.sandbox.conftest import sandbox_open
 
+    sandbox_open(settings)
     sandbox = f"{live_server.url}/sandbox"
     demo_world_ensure(
         author=user_for(Role.RISK),

@@ -163,7 +163,9 @@ def test_external_usage__counted_against_the_same_budgets(user_for: Any) -> None
 
 
 @pytest.mark.django_db
-def test_external_usage__unknown_model__recorded_unpriced(user_for: Any) -> None:
+def test_external_usage__unknown_model__refused_naming_the_model(user_for: Any) -> None:
+    # An unpriced model would be free usage: refused, with nothing recorded (see
+    # tests/integrity/test_reported_usage.py for the rest of the rules).
     flow = make_flow(user_for)
     key = agent_key_create(agent=flow.agent, actor="system:test").key
     response = Client().post(
@@ -176,7 +178,6 @@ def test_external_usage__unknown_model__recorded_unpriced(user_for: Any) -> None
         content_type="application/json",
         headers={"Authorization": f"Bearer {key}"},
     )  # fmt: skip
-    assert response.status_code == 201
-    call = ModelCall.objects.get()
-    assert (call.priced, call.provider) == (False, "unknown")
-    assert call.cost_cents == 0
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "usage.model"
+    assert not ModelCall.objects.exists()

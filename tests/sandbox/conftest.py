@@ -1,5 +1,5 @@
-"""Shared helpers for the sandbox tests: the seeded system of record and a JSON POST that sends
-what the HTTP connector sends."""
+"""Shared helpers for the sandbox tests: the sandbox switched on with a known credential, the
+seeded system of record and a JSON POST that sends what the HTTP connector sends."""
 
 from __future__ import annotations
 
@@ -11,6 +11,22 @@ from django.test import Client
 from apps.sandbox.demo import sandbox_seed
 from apps.sandbox.models import Order
 
+# The sandbox's credential in tests (SANDBOX_TOKEN), which the tools pointed at it carry.
+SANDBOX_TOKEN = "sandbox-credential-for-tests"
+
+
+def sandbox_open(settings: Any) -> str:
+    """Switch the sandbox on, with SANDBOX_TOKEN as its credential; return the credential.
+    (Per request, so the live server's thread sees it too: no URLconf to reload.)"""
+    settings.SANDBOX_ENABLED = True
+    settings.SANDBOX_TOKEN = SANDBOX_TOKEN
+    return SANDBOX_TOKEN
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_on(settings: Any) -> None:
+    sandbox_open(settings)
+
 
 def post(
     client: Client,
@@ -20,9 +36,13 @@ def post(
     key: str | None = "key-1",
     action: str | None = None,
     content_type: str = "application/json",
+    credential: str | None = SANDBOX_TOKEN,
 ) -> Any:
-    """POST params as JSON to /sandbox/<path> with an Idempotency-Key (None: without one)."""
+    """POST params as JSON to /sandbox/<path> with an Idempotency-Key (None: without one) and
+    the sandbox's credential (None: without it)."""
     headers: dict[str, str] = {}
+    if credential is not None:
+        headers["Authorization"] = f"Bearer {credential}"
     if key is not None:
         headers["Idempotency-Key"] = key
     if action is not None:

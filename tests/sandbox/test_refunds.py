@@ -10,7 +10,7 @@ from django.test import Client
 from apps.sandbox.models import IdempotencyRecord, Refund
 from apps.sandbox.selectors import effect_count, refunds_for
 from tests.concurrency import at_once
-from tests.sandbox.conftest import order, post
+from tests.sandbox.conftest import SANDBOX_TOKEN, order, post
 
 pytestmark = pytest.mark.usefixtures("seeded")
 
@@ -153,7 +153,7 @@ def test_refund__body_not_a_json_object__4xx_nothing_written(
 
 
 def test_refund__get__405_json(client: Client) -> None:
-    response = client.get("/sandbox/refunds")
+    response = client.get("/sandbox/refunds", headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"})
     assert response.status_code == 405
     assert response["Allow"] == "POST"
     assert response.json()["ok"] is False

@@ -58,6 +58,22 @@ def compile_controls(controls: Controls) -> str:
             f"unless {{ resource in [{listed}] }}" if slugs else "",
         )
     )
+    currency = _quote(controls.currency.upper())
+    if any(rule.auto_cap is not None or rule.hard_cap is not None for rule in controls.tools):
+        # The caps are amounts in the book's currency: compared with an amount in another
+        # currency they would mean nothing (4,900 KWD is not 49.00 EUR), so such an action is
+        # never allowed on its own, and no cap decides it.
+        parts.append(
+            _policy(
+                f"currency-{controls.currency.lower()}-only",
+                f"Amounts in a currency other than {controls.currency.upper()} need a person: "
+                f"the caps are in {controls.currency.upper()}",
+                "forbid",
+                'principal, action == Action::"execute", resource',
+                f"when {{ context.has_amount && context.currency != {currency} }}",
+            )
+        )
+    same_currency = f"context.currency == {currency}"
     for rule in controls.tools:
         tool = _tool(rule.tool)
         parts.append(
@@ -93,7 +109,7 @@ def compile_controls(controls: Controls) -> str:
                     f"{rule.tool} above {money(rule.auto_cap, controls.currency)} needs a person",
                     "forbid",
                     f'principal, action == Action::"execute", resource == {tool}',
-                    f"when {{ context.amount > {rule.auto_cap} }}",
+                    f"when {{ {same_currency} && context.amount > {rule.auto_cap} }}",
                 )
             )
         if rule.hard_cap is not None:
@@ -103,7 +119,7 @@ def compile_controls(controls: Controls) -> str:
                     f"{rule.tool} above {money(rule.hard_cap, controls.currency)} is never allowed",
                     "forbid",
                     f"principal, action, resource == {tool}",
-                    f"when {{ context.amount > {rule.hard_cap} }}",
+                    f"when {{ {same_currency} && context.amount > {rule.hard_cap} }}",
                 )
             )
     if controls.confidence_threshold is not None:

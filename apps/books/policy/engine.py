@@ -19,6 +19,9 @@ decimal above all); see docs/benchmarks.md.
 Each slice is also compiled for the in-process evaluator (`native.py`), which answers the same
 questions without crossing into cedarpy; a slice using a construct that evaluator does not know
 is asked of cedarpy, and so is every slice when `POLICY_EVALUATOR=cedar` is set.
+
+Text over the limits of `limits.py` (a version stored before they existed) is never given to
+cedarpy: such a set decides nothing, and every action under it is denied as not evaluated.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Context, Decimal
+from decimal import ROUND_FLOOR, Context, Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
 import cedarpy
 from cedarpy import _internal
 
+from apps.books.policy import limits
 from apps.books.policy.native import CedarDecimal, EntityStore, NativePolicies, Uid
 
 logger = logging.getLogger(__name__)
@@ -100,11 +104,32 @@ class CompiledPolicies:
     def __init__(self, text: str, param_types: Mapping[str, str]) -> None:
         self.text = text
         self.param_types = dict(param_types)
-        self.policy_set = cedarpy.PolicySet.from_str(text)
+        self.policy_set: Any = None
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.reasons: dict[str, Reason] = {}
+        self._sliceable = False
+        self._pinned_tools: set[str] = set()
+        self._slices: dict[tuple[str, str | None], PolicySlice] = {}
+        # Why this set cannot decide anything ("" when it can): see `decide`.
+        self.refusal = _refusal(text)
+        if self.refusal:
+            logger.error("policy set refused before parsing: %s", self.refusal)
+            return
+        policy_set = cedarpy.PolicySet.from_str(text)
         # Cedar's own JSON form of the policies (named policy0, policy1, ... in order of
         # appearance), for their annotations and scopes.
         document = json.loads(cedarpy.policies_to_json_str(text))
-        self.policies: dict[str, dict[str, Any]] = document.get("staticPolicies", {})
+        policies: dict[str, dict[str, Any]] = document.get("staticPolicies", {})
+        for cedar_id, policy in policies.items():
+            too_deep = limits.expression_problem(policy)
+            if too_deep:
+                # Its slices could not be built (serde refuses the JSON), nor walked safely.
+                name = (policy.get("annotations") or {}).get("id") or cedar_id
+                self.refusal = f"the policy {name!r} is over the limits: {too_deep}"
+                logger.error("policy set refused after parsing: %s", self.refusal)
+                return
+        self.policy_set = policy_set
+        self.policies = policies
         self.reasons = {
             cedar_id: _reason(cedar_id, policy.get("annotations") or {})
             for cedar_id, policy in self.policies.items()
@@ -116,7 +141,6 @@ class CompiledPolicies:
             for scope in (policy["resource"] for policy in self.policies.values())
             if scope["op"] == "==" and scope.get("entity", {}).get("type") == "Tool"
         }
-        self._slices: dict[tuple[str, str | None], PolicySlice] = {}
 
     def reasons_for(self, cedar_ids: list[str]) -> tuple[Reason, ...]:
         # In the order the policies are written (cedarpy's order varies from call to call).
@@ -163,6 +187,17 @@ class CompiledPolicies:
             else None
         )
         return PolicySlice(policy_set, None if whole else frozenset(fields), native)
+
+
+def _refusal(text: str) -> str:
+    """Why `text` must not reach cedarpy, in words for a deny reason; "" when it may."""
+    over = limits.text_problems(
+        text, max_chars=limits.MAX_POLICY_CHARS + limits.STORED_TEXT_ALLOWANCE
+    )
+    if not over:
+        return ""
+    more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+    return f"the policy text is over the limits at {over[0]}{more}"
 
 
 def _policy_position(cedar_id: str) -> tuple[int, str]:
@@ -269,6 +304,18 @@ _CEDAR_DECIMAL_MAX = Decimal(2**63 - 1).scaleb(-4)
 
 
 _SMALL = Decimal(10) ** 12
+_FOUR_PLACES = Decimal("0.0001")
+
+
+def cedar_confidence(value: Decimal) -> Decimal:
+    """A confidence at Cedar's four places, rounded once, down (toward lower values): a value
+    under a threshold of four places or fewer stays under it (0.79999 is 0.7999, never 0.8000),
+    and one at or above it stays at or above it. The context is wide enough for every value
+    `is_cedar_decimal` accepts, so nothing is rounded before. A value out of that range (or not
+    a number), which `decide` refuses before, is returned as it is."""
+    if not value.is_finite() or value.adjusted() > 50:
+        return value
+    return value.quantize(_FOUR_PLACES, rounding=ROUND_FLOOR, context=_WIDE)
 
 
 def is_cedar_decimal(value: Decimal) -> bool:
@@ -276,16 +323,14 @@ def is_cedar_decimal(value: Decimal) -> bool:
         return True  # the common case (a confidence), well inside the range whatever the places
     if not value.is_finite() or value.adjusted() > 50:
         return False
-    rounded = value.quantize(Decimal("0.0001"), context=_WIDE)
-    return _CEDAR_DECIMAL_MIN <= rounded <= _CEDAR_DECIMAL_MAX
+    return _CEDAR_DECIMAL_MIN <= cedar_confidence(value) <= _CEDAR_DECIMAL_MAX
 
 
 def _decimal_literal(value: Decimal) -> str:
     # Cedar decimals carry at most four places. A value out of Cedar's range (or not a number),
     # which `decide` refuses before, is passed on as it is for Cedar to refuse.
-    if not value.is_finite() or value.adjusted() > 50:
-        return str(value)
-    return f"{value.quantize(Decimal('0.0001'), context=_WIDE):f}"
+    rounded = cedar_confidence(value)
+    return f"{rounded:f}" if rounded.is_finite() else str(rounded)
 
 
 def context_values(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[str, Any]:
@@ -300,7 +345,7 @@ def context_values(facts: ActionFacts, param_types: Mapping[str, str]) -> dict[s
             or (cedar_type == "Bool" and isinstance(value, bool))
         ):
             params[name] = value
-    confidence = facts.confidence if facts.confidence is not None else Decimal(0)
+    confidence = cedar_confidence(facts.confidence) if facts.confidence is not None else Decimal(0)
     amount = facts.amount if facts.amount is not None else 0
     return {
         "workflow": facts.workflow,
@@ -335,9 +380,9 @@ def _as_cedar_json(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _cedar_decimal(value: Decimal) -> CedarDecimal:
-    # The same rounding as `_decimal_literal` (quantize, half to even), without the text:
-    # `round` of a Decimal rounds half to even, and costs less than `to_integral_value`.
-    return CedarDecimal(round(value.scaleb(4)))
+    # The one rounding of `cedar_confidence`, as cedarpy is given it, in ten-thousandths (exact:
+    # four places in Cedar's range are at most 19 digits).
+    return CedarDecimal(int(cedar_confidence(value).scaleb(4, context=_WIDE)))
 
 
 _NO_CONFIDENCE = CedarDecimal(0)
@@ -389,8 +434,8 @@ def _ask(policies: PolicySlice, facts: ActionFacts, action: str, context: str) -
 
 
 def _not_evaluated(facts: ActionFacts, errors: tuple[str, ...]) -> PolicyVerdict:
-    # The request could not be built (a confidence out of Cedar's decimal range, say): no
-    # policy ran, so nothing permits the action.
+    # The request could not be built (a confidence out of Cedar's decimal range, say), or the
+    # policies were refused before parsing: no policy ran, so nothing permits the action.
     logger.warning("policy request refused for %s/%s: %s", facts.workflow, facts.tool, errors)
     cause = "; ".join(errors) or "no decision"
     return PolicyVerdict(
@@ -484,6 +529,9 @@ def decide(
     could not be evaluated keeps its one reason): a backtest deciding many actions needs them
     only for the few whose decision flips. `native`: the evaluator's inputs,
     when the caller built them already (see `native_inputs`)."""
+    if compiled.refusal:
+        # Policies over the limits were never parsed: nothing can permit the action.
+        return _not_evaluated(facts, (compiled.refusal,))
     if facts.confidence is not None and not is_cedar_decimal(facts.confidence):
         # Checked here, not left to Cedar: a slice that does not read the confidence would not
         # notice, and the verdict must not depend on which policies a question reaches.

@@ -696,6 +696,10 @@ class NativePolicies:
                 )
         except (Unsupported, EvalError, KeyError, TypeError):
             return None
+        except RecursionError:
+            # Compiling walks the policies recursively: one nested past Python's limit (the
+            # engine refuses those, see limits.py) is no construct to evaluate here either.
+            return None
         return cls(compiled, generate=generate, generate_after=generate_after)
 
     def authorize(

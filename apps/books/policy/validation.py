@@ -1,14 +1,19 @@
 """Checking a book's policies before it may be published: each problem names the section,
-the line, the policy's @id and the cause, in words a policy author can act on."""
+the line, the policy's @id and the cause, in words a policy author can act on.
+
+Each statement is held to the limits of `limits.py` before cedarpy sees it: text too large, too
+deeply nested or with too many operators is reported as a problem, never parsed."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
 
 import cedarpy
 
+from apps.books.policy import limits
 from apps.books.policy.source import Statement, split_statements
 
 Section = Literal["controls", "raw"]
@@ -36,14 +41,40 @@ def _clean(cause: str) -> str:
     return cause[:1].upper() + cause[1:]
 
 
+def _expression_problem(statement: Statement) -> str | None:
+    """The parsed form's depth, from Cedar's JSON form of a statement within the text limits."""
+    try:
+        document = json.loads(cedarpy.policies_to_json_str(statement.text))
+    except ValueError:
+        return None  # parsed by `PolicySet.from_str` already; nothing more to say
+    for policy in (document.get("staticPolicies") or {}).values():
+        problem = limits.expression_problem(policy)
+        if problem:
+            return problem
+    return None
+
+
 def validate_policies(compiled_controls: str, raw: str, schema: str) -> list[PolicyProblem]:
-    """Parse, check annotations, then type-check the whole set against the schema."""
+    """Check the limits, parse, check annotations, then type-check the whole set against the
+    schema."""
+    # The size first, before the text is even split: the rest of the work grows with it.
+    too_long = limits.size_problem(len(compiled_controls) + len(raw))
+    if too_long:
+        section: Section = "raw" if raw.strip() else "controls"
+        return [PolicyProblem(section, 1, "", _clean(too_long) + " (controls and raw together)")]
     located: list[tuple[Section, Statement]] = [
         ("controls", statement) for statement in split_statements(compiled_controls)
     ] + [("raw", statement) for statement in split_statements(raw)]
     problems: list[PolicyProblem] = []
     seen_ids: dict[str, tuple[Section, int]] = {}
     for section, statement in located:
+        over = limits.text_problems(statement.text, first_line=statement.line)
+        if over:
+            problems += [
+                PolicyProblem(section, problem.line, statement.policy_id, _clean(problem.message))
+                for problem in over
+            ]
+            continue  # never given to cedarpy
         try:
             cedarpy.PolicySet.from_str(statement.text)
         except ValueError as exc:
@@ -51,6 +82,11 @@ def validate_policies(compiled_controls: str, raw: str, schema: str) -> list[Pol
                 PolicyProblem(section, statement.line, statement.policy_id, f"Syntax: {exc}")
             )
             continue
+        too_deep = _expression_problem(statement)
+        if too_deep:
+            problems.append(
+                PolicyProblem(section, statement.line, statement.policy_id, _clean(too_deep))
+            )
         if section == "raw":
             if not statement.policy_id:
                 problems.append(

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django import template
 from django.utils import timezone
 
 from apps.actions.models import Action
-from apps.reviews.selectors import due_text, money
+from apps.reviews.selectors import action_currency, due_text, money
 
 register = template.Library()
 
@@ -22,12 +23,19 @@ def amount(action: Action) -> str:
 def param_rows(action: Action) -> list[dict[str, Any]]:
     """The params as (name, shown value, edit value, is_amount) rows for a readable table."""
     rows = []
-    currency = action.book_version.currency if action.book_version else ""
+    currency = action_currency(action)
     for name, value in (action.params or {}).items():
-        is_amount = name == action.tool.amount_param and type(value) is int
+        # (An amount stored as a whole float, from before params were normalized, is an
+        # amount too: shown and edited in major units like any other.)
+        is_amount = (
+            name == action.tool.amount_param
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and float(value).is_integer()
+        )
         if is_amount:
             shown = money(action)
-            edit = f"{value / 100:.2f}"
+            edit = f"{Decimal(int(value)).scaleb(-2):.2f}"
         elif isinstance(value, dict | list):
             shown = edit = json.dumps(value, ensure_ascii=False)
         else:

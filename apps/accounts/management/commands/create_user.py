@@ -60,6 +60,8 @@ class Command(BaseCommand):
                 roles=roles,
                 email=options["email"],
                 check_password=not options["no_password_check"],
+                actor="system:create_user",
+                via="command",
             )
         except UserInputError as exc:
             raise CommandError(str(exc)) from None

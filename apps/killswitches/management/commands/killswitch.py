@@ -3,11 +3,18 @@ manage.py killswitch release (--id ID | --scope S [--target SLUG]) --reason TEXT
 manage.py killswitch list [--all]
 manage.py killswitch proof ID
 manage.py killswitch drain --scope S [--target SLUG] --mode {cancel,hand_over} --reason TEXT
+                           [--preview | --expect ID,ID,...]
 manage.py killswitch rollback --scope {agent,workflow} --target SLUG --count N --reason TEXT
+                              [--preview | --expect ID,ID,...]
 
 Each prints one JSON document on stdout (engage and release print the switch and its proof),
 for scripts and pagers. Bad input exits 1 with one line naming the option at fault. The
-rollback runs here, in this process, with a line on stderr per action as it goes."""
+rollback runs here, in this process, with a line on stderr per action as it goes.
+
+Drain and rollback act on the actions chosen when they run. `--preview` prints those actions
+and does nothing, with `expect`, their ids; `--expect` with those ids drains or rolls back only
+if the actions chosen are still exactly those (for a rollback, in that order). Otherwise
+nothing is done and the command exits 3 with one line saying what changed."""
 
 from __future__ import annotations
 
@@ -18,10 +25,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 
-from apps.killswitches.drain import drain_run
+from apps.actions.models import Action
+from apps.killswitches.confirmation import SetChanged, expected_ids_check
+from apps.killswitches.drain import drain_preview, drain_run
 from apps.killswitches.models import KillSwitch, RollbackRun, Scope
 from apps.killswitches.proof import switch_proof
-from apps.killswitches.rollback import rollback_perform, rollback_request
+from apps.killswitches.rollback import rollback_perform, rollback_preview, rollback_request
 from apps.killswitches.selectors import switches_listed
 from apps.killswitches.switches import (
     SwitchError,
@@ -32,7 +41,9 @@ from apps.killswitches.switches import (
 )
 
 CLI_ACTOR = "system:cli"
+SET_CHANGED_EXIT = 3
 OPTIONS = {
+    "expected_ids": "--expect",
     "scope": "--scope",
     "target": "--target",
     "reason": "--reason",
@@ -62,9 +73,11 @@ class Command(BaseCommand):
         drain = verbs.add_parser("drain", help="cancel or hand over queued and held work")
         self._scope_options(drain)
         drain.add_argument("--mode", default="")
+        self._confirm_options(drain)
         rollback = verbs.add_parser("rollback", help="undo the last N succeeded actions")
         self._scope_options(rollback)
         rollback.add_argument("--count", default="")
+        self._confirm_options(rollback)
 
     @staticmethod
     def _scope_options(parser: ArgumentParser, *, scope_required: bool = True) -> None:
@@ -72,12 +85,26 @@ class Command(BaseCommand):
         parser.add_argument("--target", default="", metavar="SLUG")
         parser.add_argument("--reason", default="")
 
+    @staticmethod
+    def _confirm_options(parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--preview", action="store_true", help="print the actions it would touch; do nothing"
+        )
+        parser.add_argument(
+            "--expect", default=None, metavar="ID,ID,...", help="act only on exactly these"
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         verb = options.get("verb")
         if verb is None:
             raise CommandError("give a verb: engage, release, list, proof, drain or rollback")
         try:
             document = getattr(self, f"_{verb}")(options)
+        except SetChanged as exc:
+            raise CommandError(
+                f"--expect: {exc.message}; --preview shows the set now",
+                returncode=SET_CHANGED_EXIT,
+            ) from None
         except SwitchError as exc:
             where = OPTIONS.get(exc.field, exc.field)
             raise CommandError(f"{where}: {exc.message}" if where else exc.message) from None
@@ -129,12 +156,23 @@ class Command(BaseCommand):
         return switch_proof(_switch(options["switch_id"])).as_dict()
 
     def _drain(self, options: dict[str, Any]) -> dict[str, Any]:
+        if options["preview"]:
+            plan = drain_preview(scope=options["scope"], target=options["target"])
+            return {
+                "scope": options["scope"],
+                "target": options["target"],
+                "queued": plan.queued,
+                "held": plan.held,
+                "expect": ",".join(plan.ids),
+                "actions": [_planned(action) for action in plan.actions],
+            }
         run = drain_run(
             scope=options["scope"],
             target=options["target"],
             mode=options["mode"],
             reason=options["reason"],
             actor=CLI_ACTOR,
+            expected=expected_ids_check(options["expect"]),
         )
         return {
             "drain": run.pk,
@@ -145,6 +183,17 @@ class Command(BaseCommand):
         }
 
     def _rollback(self, options: dict[str, Any]) -> dict[str, Any]:
+        if options["preview"]:
+            chosen = rollback_preview(
+                scope=options["scope"], target=options["target"], count=options["count"]
+            )
+            return {
+                "scope": options["scope"],
+                "target": options["target"],
+                "count": len(chosen),
+                "expect": ",".join(str(action.pk) for action in chosen),
+                "actions": [_planned(action) for action in chosen],
+            }
         # The run is recorded as for the console; this process undoes it at once rather than
         # leaving it to a worker (the worker's task finds it finished and does nothing).
         run = rollback_request(
@@ -153,6 +202,7 @@ class Command(BaseCommand):
             count=options["count"],
             reason=options["reason"],
             actor=CLI_ACTOR,
+            expected=expected_ids_check(options["expect"]),
             dispatch=False,
         )
         self.stderr.write(f"rolling back {run.total} action(s) of {run.where}, newest first")
@@ -170,6 +220,19 @@ class Command(BaseCommand):
             f"{run.done}/{run.total} {entry['action']} {entry['subject']}: "
             f"{entry['outcome']} ({entry['detail']})"
         )
+
+
+def _planned(action: Action) -> dict[str, Any]:
+    return {
+        "action": str(action.pk),
+        "agent": action.agent.slug,
+        "tool": action.tool.slug,
+        "subject": action.subject,
+        "status": action.status,
+        "reversible": action.tool.reversible,
+        "created_at": action.created_at,
+        "finished_at": action.finished_at,
+    }
 
 
 def _switch(raw: str) -> KillSwitch:

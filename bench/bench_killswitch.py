@@ -216,6 +216,7 @@ class Cycle:
 
 def _queue_actions(fixture: Fixture, count: int) -> list[str]:
     """`count` allowed actions, queued (as the gate leaves them) and handed to the workers."""
+    from apps.actions.params import params_digest
     from apps.actions.tasks import execute_action
 
     now = timezone.now()
@@ -228,6 +229,7 @@ def _queue_actions(fixture: Fixture, count: int) -> list[str]:
             status=Status.QUEUED,
             decision=Decision.ALLOW,
             params={"n": n},
+            params_digest=params_digest({"n": n}),
             subject=f"bench:{n}",
             created_at=now,
             queued_at=now,

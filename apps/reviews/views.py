@@ -102,6 +102,10 @@ def _item_context(request: HttpRequest, item: ReviewItem, **extra: object) -> di
         # Edited params waiting for more approvals are what an approval now would run: shown
         # in place of the action's own (this copy is for the page; nothing is saved).
         item.action.params = dict(item.pending_params)
+    digest = params_digest(item.action.params)
+    for decision in decisions:
+        # An approval of other params (before an edit) no longer counts for these.
+        decision.counts = decision.params_digest in ("", digest)  # type: ignore[attr-defined]
     return {
         "item": item,
         "action": item.action,
@@ -112,11 +116,13 @@ def _item_context(request: HttpRequest, item: ReviewItem, **extra: object) -> di
         "reasons": reason_choices(),
         "reasons_json": json.dumps(reason_choices()),
         "own_agent": item.action.agent.owner_id == user.pk,
-        "already_decided_by_me": any(d.user_id == user.pk for d in decisions),
+        "already_decided_by_me": any(
+            d.user_id == user.pk and d.params_digest in ("", digest) for d in decisions
+        ),
         "claimed_by_other": item.claimed_by_id not in (None, user.pk),
         "can_edit": item.action.status in (Status.PENDING_REVIEW, Status.FAILED, Status.CANCELLED),
         "form": extra.pop("form", None) or DecisionForm(),
-        "params_digest": params_digest(item.action.params),
+        "params_digest": digest,
         **extra,
     }
 

@@ -495,3 +495,22 @@ def test_red_zone__approve_from_a_page_opened_before_an_edit__refused(
     page = client.get(f"/reviews/{item.pk}/").content.decode()
     assert "order:1043" in page
     assert seen not in page
+
+
+def test_red_zone__page_after_an_edit__first_approver_may_approve_the_new_params(
+    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
+) -> None:
+    # Given a red-zone refund alice approved, then frank edited to order 1043
+    item = held(key, 3_000)
+    review_decide(item.pk, alice, APPROVE)
+    review_decide(item.pk, frank, edit(order_id="1043", amount_cents=3_000))
+    client = Client()
+    assert client.login(username=alice.get_username(), password=PASSWORD)
+    # When alice opens the item
+    page = client.get(f"/reviews/{item.pk}/").content.decode()
+    # Then her approval of the earlier params is shown as no longer counting, and she may
+    # approve the params that would run
+    assert 'data-testid="approval-of-earlier-params"' in page
+    assert 'data-testid="second-approver"' not in page
+    assert 'id="decision-form"' in page
+    assert 'value="1043"' in page

@@ -17,11 +17,8 @@ help:  ## list the targets
 
 venv: .venv/.installed  ## create .venv and install the pinned requirements
 
-run: venv  ## migrate, seed the demo and serve web + worker + scheduler on the embedded default
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo --port $(PORT)
-	@echo "Escapement on http://127.0.0.1:$(PORT)/  (Ctrl-C stops web, worker and scheduler)"
-	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-true} DEMO_TRAFFIC=$${DEMO_TRAFFIC:-true} SANDBOX_ENABLED=$${SANDBOX_ENABLED:-true} WEB_PORT=$(PORT) $(BIN)/honcho -f Procfile start
+run: venv  ## start PostgreSQL and Valkey under var/, migrate, seed the demo and serve web + worker + scheduler
+	$(BIN)/python -m controlplane.embedded run --dir var/services -- scripts/run-demo.sh $(PORT)
 
 test: venv  ## lint, then the whole suite against real PostgreSQL and Redis (started if needed)
 	$(MAKE) --no-print-directory lint

@@ -190,7 +190,7 @@ def _wrk() -> str:
     found = shutil.which("wrk")
     if found:
         return found
-    # As scripts/test-services.sh does for redis-server: Debian's package, when running as root.
+    # As scripts/test-services.sh does for chromium: Debian's package, when running as root.
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise BenchFailure("wrk is missing: install Debian's wrk package (apt-get install wrk)")
     env = {**ENV, "DEBIAN_FRONTEND": "noninteractive"}

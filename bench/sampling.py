@@ -77,7 +77,12 @@ def postgres_on(port: int) -> Group:
 
 
 def redis_on(port: int) -> Group:
-    return lambda stat: stat.cmdline.startswith("redis-server") and f":{port}" in stat.cmdline
+    """The Redis-protocol server on `port`: Redis, or the embedded Valkey."""
+    servers = ("redis-server", "valkey-server")
+    return lambda stat: (
+        any(server in stat.cmdline.split(" ", 1)[0] for server in servers)
+        and f":{port}" in stat.cmdline
+    )
 
 
 def _label(stat: _Stat) -> str:

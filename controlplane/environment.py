@@ -1,11 +1,12 @@
 """Reading configuration from the environment.
 
-Settings are computed by small pure functions over a mapping so that tests can check the embedded
-default and the production configuration without reloading Django.
+Settings are computed by small pure functions over a mapping so that tests can check the
+configuration without reloading Django.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Mapping
@@ -62,21 +63,34 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigurationError(f"{name}: expected a whole number, got {raw!r}") from None
 
 
+# While the embedded servers run (`make run`), controlplane/embedded.py names them here, so that
+# a command started by hand in another terminal finds them without being told.
+EMBEDDED_URLS = Path("services") / "urls.json"
+# Where production's usual servers would be: the default when nothing else is named.
+DEFAULT_DATABASE_URL = "postgres://escapement@127.0.0.1:5432/escapement"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def embedded_urls(var_dir: Path) -> dict[str, str]:
+    """The URLs of the embedded servers running under `var_dir`, if any run."""
+    path = var_dir / EMBEDDED_URLS
+    try:
+        urls = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: value for name, value in urls.items() if isinstance(value, str)}
+
+
+def _url(env: Mapping[str, str], var_dir: Path, name: str, default: str) -> str:
+    return env.get(name, "").strip() or embedded_urls(var_dir).get(name, "") or default
+
+
 def database_config(env: Mapping[str, str], var_dir: Path) -> dict[str, Any]:
-    """`DATABASE_URL` when set, else the embedded SQLite file under `var/`."""
-    url = env.get("DATABASE_URL", "").strip()
-    if not url:
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(var_dir / "escapement.sqlite3"),
-            # The embedded default serves web, worker and beat from one file: wait for the
-            # writer rather than failing with "database is locked".
-            "OPTIONS": {
-                "timeout": 20,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
-        }
+    """PostgreSQL at `DATABASE_URL`; when unset, the embedded server `make run` started (or,
+    with none running, PostgreSQL's usual local address)."""
+    url = _url(env, var_dir, "DATABASE_URL", DEFAULT_DATABASE_URL)
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigurationError(f"DATABASE_URL: expected a postgres:// address, got {url!r}")
     try:
         config: dict[str, Any] = dict(
             dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
@@ -91,45 +105,23 @@ class BrokerConfig:
     broker_url: str
     result_backend: str
     transport_options: dict[str, Any]
-    embedded: bool
-    # Folders the embedded broker keeps its messages, bindings and results in.
-    folders: tuple[Path, ...] = ()
 
 
 def broker_config(env: Mapping[str, str], var_dir: Path) -> BrokerConfig:
-    """Redis when `REDIS_URL` is set, else kombu's filesystem transport under `var/`.
-
-    The filesystem transport needs no server: producers and consumers share one folder of message
-    files, and a control folder holds the fanout bindings that worker pings travel on.
-    """
-    redis_url = env.get("REDIS_URL", "").strip()
-    if redis_url:
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError(f"REDIS_URL: expected a redis:// address, got {redis_url!r}")
-        return BrokerConfig(
-            broker_url=redis_url,
-            result_backend=redis_url,
-            # How long a taken, unacknowledged task (its worker died) waits before another
-            # worker gets it again.
-            transport_options={
-                "visibility_timeout": env_float(env, "CELERY_VISIBILITY_TIMEOUT", 3600.0),
-                "socket_connect_timeout": 5,
-            },
-            embedded=False,
-        )
-    root = (var_dir / "broker").resolve()
-    queue_dir, control_dir, results_dir = root / "queue", root / "control", root / "results"
+    """Redis (or Valkey) at `REDIS_URL`; when unset, the embedded server `make run` started
+    (or, with none running, Redis's usual local address)."""
+    redis_url = _url(env, var_dir, "REDIS_URL", DEFAULT_REDIS_URL)
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(f"REDIS_URL: expected a redis:// address, got {redis_url!r}")
     return BrokerConfig(
-        broker_url="filesystem://localhost/",
-        result_backend=results_dir.as_uri(),
+        broker_url=redis_url,
+        result_backend=redis_url,
+        # How long a taken, unacknowledged task (its worker died) waits before another worker
+        # gets it again.
         transport_options={
-            "data_folder_in": str(queue_dir),
-            "data_folder_out": str(queue_dir),
-            "control_folder": str(control_dir),
-            "polling_interval": 0.1,
+            "visibility_timeout": env_float(env, "CELERY_VISIBILITY_TIMEOUT", 3600.0),
+            "socket_connect_timeout": 5,
         },
-        embedded=True,
-        folders=(queue_dir, control_dir, results_dir),
     )
 
 

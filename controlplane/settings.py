@@ -1,7 +1,8 @@
 """Escapement settings, read from the environment.
 
-With nothing set the product runs on an embedded default (SQLite and a broker that needs no
-server, both under `var/`). Every variable is listed in the README.
+The product runs on PostgreSQL (`DATABASE_URL`) and Redis or Valkey (`REDIS_URL`); with neither
+set, on the embedded servers `make run` starts under `var/` (controlplane/embedded.py). Every
+variable is listed in the README.
 """
 
 from __future__ import annotations
@@ -151,9 +152,6 @@ SECURE_CSP = {
 
 # --- Celery ---------------------------------------------------------------------------------
 _broker = broker_config(ENV, VAR_DIR)
-for _folder in _broker.folders:
-    _folder.mkdir(parents=True, exist_ok=True)
-BROKER_EMBEDDED = _broker.embedded
 CELERY_BROKER_URL = _broker.broker_url
 CELERY_RESULT_BACKEND = _broker.result_backend
 CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
@@ -270,7 +268,7 @@ FIREWALL_RATE_TRAILING_SECONDS = int(_firewall_number("FIREWALL_RATE_TRAILING_SE
 # Proposals denied by a forbid policy within the window.
 FIREWALL_DENIALS = int(_firewall_number("FIREWALL_DENIALS", 5))
 FIREWALL_DENIAL_WINDOW_SECONDS = int(_firewall_number("FIREWALL_DENIAL_WINDOW_SECONDS", 300))
-FIREWALL_REDIS_URL = "" if BROKER_EMBEDDED else ENV.get("REDIS_URL", "").strip()
+FIREWALL_REDIS_URL = _broker.broker_url
 
 # --- Metrics --------------------------------------------------------------------------------
 # Prometheus metrics at /metrics, for the scraper only: from METRICS_ALLOWED_IPS (addresses or

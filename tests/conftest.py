@@ -37,11 +37,11 @@ ROLE_USERS: dict[Role, str] = {
 
 def pytest_configure(config: pytest.Config) -> None:
     engine = settings.DATABASES["default"]["ENGINE"]
-    if "postgresql" not in engine:
+    if "postgresql" not in engine or not os.environ.get("DATABASE_URL"):
         pytest.exit(
             "tests need PostgreSQL: set DATABASE_URL, or run `make test` to start one", returncode=2
         )
-    if settings.BROKER_EMBEDDED:
+    if not os.environ.get("REDIS_URL"):
         pytest.exit(
             "tests need Redis: set REDIS_URL, or run `make test` to start one", returncode=2
         )
@@ -108,6 +108,12 @@ def database_url_for_subprocess() -> str:
     return f"postgres://{auth}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+# Ceilings for waits on other processes: far above what a healthy run takes even on a busy
+# machine, so that reaching one means something is wrong, not that the machine is slow.
+WORKER_START_SECONDS = 120
+PING_SECONDS = 5.0
+
+
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """A real Celery worker process on the test database and Redis, on a queue of its own.
@@ -121,7 +127,8 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]
     node = f"{queue}@localhost"
     env = {
         **os.environ,
-        "DATABASE_URL": database_url,
+        # (named, so that its sessions can be told from the others)
+        "DATABASE_URL": f"{database_url}?application_name={queue}",
         "CELERY_QUEUE": queue,
         "LOG_FORMAT": "text",
     }
@@ -138,14 +145,14 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while not worker_answers(node):
             if process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{log_path.read_text()}")
-            if celery_app.control.ping(destination=[node], timeout=0.5):
-                break
-        else:
-            raise RuntimeError(f"worker did not answer within 30s:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"worker did not answer within {WORKER_START_SECONDS}s:\n{log_path.read_text()}"
+                )
         yield node
     finally:
         process.terminate()
@@ -155,19 +162,29 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]
             process.kill()
         log_path.unlink(missing_ok=True)
         with django_db_blocker.unblock():
-            other_sessions_ended()
+            other_sessions_ended(timeout=WORKER_START_SECONDS, application_name=queue)
 
 
-def other_sessions_ended(timeout: float = 10.0) -> None:
-    """Wait until no other session is connected to the test database. A worker keeps its
-    connections between tasks, and PostgreSQL ends a backend a moment after its process has
-    gone: the test database can only be dropped once they are all gone."""
+def worker_answers(node: str, app: Any = celery_app) -> bool:
+    """Whether the worker `node` answers a ping. The call returns as soon as it has answered;
+    the long timeout is for a worker that is slow to answer on a busy machine (a short one
+    would drop its late answers, every time)."""
+    return bool(app.control.ping(destination=[node], timeout=PING_SECONDS))
+
+
+def other_sessions_ended(timeout: float = 10.0, application_name: str | None = None) -> None:
+    """Wait until no other session (of `application_name`, when given) is connected to the test
+    database. A worker keeps its connections between tasks, and PostgreSQL ends a backend a
+    moment after its process has gone: the test database can only be dropped once they are all
+    gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND (%s::text IS NULL OR application_name = %s)",
+                [application_name, application_name],
             )
             row = cursor.fetchone()
         if row is not None and row[0] == 0:

@@ -37,7 +37,6 @@ from apps.actions.params import params_digest
 from apps.actions.states import Actor, IllegalTransition, transition, transition_record
 from apps.audit.services import audit_batch, audit_record
 from apps.core.metrics import EXECUTIONS
-from apps.killswitches.fence import fence_for_claim
 from apps.killswitches.models import KillSwitch, Scope
 from apps.registry.models import Tool
 
@@ -54,7 +53,7 @@ class Outcome:
 
 
 def _switch_engaged() -> Exists:
-    """An engaged switch covering the action in the outer query (for the claim's WHERE)."""
+    """An engaged switch covering the action in the outer query (for a WHERE on actions)."""
     return Exists(
         KillSwitch.objects.filter(released_at__isnull=True).filter(
             Q(scope=Scope.GLOBAL)
@@ -212,7 +211,7 @@ class Claim(Enum):
 class ClaimResult:
     verdict: Claim
     status: str  # the action's status as the claim found (CLAIMED: running)
-    action: Action | None  # read when claimed (and on SQLite, always)
+    action: Action | None  # read when claimed
 
 
 def _read(action_id: UUID) -> Action:
@@ -229,8 +228,6 @@ def _claim(action_id: UUID) -> ClaimResult:
     action claimed before a switch's engage time always has an earlier start time: `started_at`
     is the database's clock, the one that stamps `engaged_at`. Raises Action.DoesNotExist for
     an unknown action."""
-    if connection.vendor != "postgresql":
-        return _claim_orm(action_id)
     # First a look, one round trip: an action a switch covers is refused there, and so is one
     # whose look waited at the fence while the switch was engaged (once it commits, the refusal
     # costs no further round trip). Only a queued action that no switch covered is claimed, and
@@ -249,31 +246,6 @@ def _claim(action_id: UUID) -> ClaimResult:
         return ClaimResult(Claim.REFUSED, status, None)
     current = Action.objects.filter(pk=action_id).values_list("status", flat=True).first()
     return ClaimResult(Claim.LOST, current or "missing", None)
-
-
-def _claim_orm(action_id: UUID) -> ClaimResult:
-    """The claim on SQLite (the embedded default): the same move with the ORM. Every
-    transaction there starts with the database's write lock, which orders claims and engages."""
-    action = _read(action_id)
-    if action.status != Status.QUEUED:
-        return ClaimResult(Claim.NOT_QUEUED, action.status, action)
-    try:
-        with transaction.atomic():
-            fence_for_claim()
-            transition(
-                action,
-                Status.RUNNING,
-                actor="system:worker",
-                also=~_switch_engaged(),
-                started_at=Now(),
-                lease_expires_at=_lease_end(action.tool),
-            )
-    except IllegalTransition as exc:
-        if exc.current == Status.QUEUED:
-            return ClaimResult(Claim.REFUSED, exc.current, action)
-        return ClaimResult(Claim.LOST, exc.current, action)
-    action.refresh_from_db(fields=["started_at", "lease_expires_at"])
-    return ClaimResult(Claim.CLAIMED, action.status, action)
 
 
 def _not_as_decided(action: Action) -> str:
@@ -309,7 +281,7 @@ def action_execute(*, action_id: UUID) -> Outcome:
     elif claim.status == Status.RUNNING:
         # Another delivery of a running action (a duplicate message, a retry, the redelivery
         # after a worker died, the requeue sweep) continues it only once it holds the lease.
-        action = claim.action or _read(action_id)
+        action = _read(action_id)
         held = _lease_take_over(action)
         if held is not None:
             return held

@@ -29,7 +29,6 @@ class AuditEvent(models.Model):
     # The payload exactly as digested (canonical JSON), so that PostgreSQL can recompute the
     # digest itself when the chain is verified. Empty (NULL) on events written before it was kept:
     # their digests are recomputed from `payload` in Python.
-    # (Nullable: SQLite adds a nullable column in place, without rebuilding the append-only table.)
     payload_canonical = models.TextField(null=True, blank=True, editable=False)  # noqa: DJ001
     previous_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)

@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from apps.audit.models import AuditEvent
-from apps.audit.services import GENESIS_HASH, event_hash, payload_digest
+from apps.audit.services import GENESIS_HASH, payload_digest
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,10 @@ LINK = "it does not link to the event before"
 HASH = "its fields do not match its hash"
 
 
-def audit_verify(*, batch: int | None = None) -> ChainReport:
+def audit_verify(*, batch: int = 50_000) -> ChainReport:
     """Walk the chain in order, recomputing every digest and link; stop at the first break.
-    On PostgreSQL the database recomputes them (`_verify_in_database`); elsewhere Python does."""
-    if connection.vendor == "postgresql":
-        return _verify_in_database(batch=batch or 50_000)
-    return _verify_in_python(batch=batch or 5000)
+    The database recomputes them (`_verify_in_database`)."""
+    return _verify_in_database(batch=batch)
 
 
 # One batch of the chain, checked by PostgreSQL: each event's sequence against its place, its
@@ -142,59 +140,6 @@ def _place(cursor: Any, after: int, sequence: int) -> int:
         [after, sequence],
     )
     return int(cursor.fetchone()[0])
-
-
-def _verify_in_python(*, batch: int) -> ChainReport:
-    """The chain walked in Python (SQLite, the embedded default). Read with plain tuples, a
-    batch at a time: this walks every event ever recorded, so the per-row cost of model
-    instances or dicts would be most of its time."""
-    expected_previous = GENESIS_HASH
-    expected_sequence = 1
-    checked = 0
-    last = 0
-    fields = (
-        "sequence", "created_at", "actor_type", "actor", "verb", "target_type", "target_id",
-        "subject", "trace_id", "payload", "payload_digest", "previous_hash", "hash",
-    )  # fmt: skip
-    while True:
-        rows = list(
-            AuditEvent.objects.filter(sequence__gt=last)
-            .order_by("sequence")
-            .values_list(*fields)[:batch]
-        )
-        if not rows:
-            return ChainReport(True, checked)
-        for (
-            sequence, created_at, actor_type, actor, verb, target_type, target_id, subject,
-            trace_id, payload, digest, previous_hash, stored_hash,
-        ) in rows:  # fmt: skip
-            if sequence != expected_sequence:
-                return ChainReport(
-                    False, checked, expected_sequence, f"event #{expected_sequence} {MISSING}"
-                )
-            if payload_digest(payload) != digest:
-                return ChainReport(False, checked, sequence, PAYLOAD)
-            if previous_hash != expected_previous:
-                return ChainReport(False, checked, sequence, LINK)
-            recomputed = event_hash(
-                sequence=sequence,
-                created_at=created_at,
-                actor_type=actor_type,
-                actor=actor,
-                verb=verb,
-                target_type=target_type,
-                target_id=target_id,
-                subject=subject,
-                digest=digest,
-                previous_hash=previous_hash,
-                trace_id=trace_id,
-            )
-            if recomputed != stored_hash:
-                return ChainReport(False, checked, sequence, HASH)
-            expected_previous = stored_hash
-            expected_sequence += 1
-            checked += 1
-        last = rows[-1][0]
 
 
 def recent_events(*, verb_prefix: str = "", target: str = "") -> QuerySet[AuditEvent]:

@@ -205,6 +205,7 @@ WORKFLOWS: list[dict[str, Any]] = [
             "monthly_budget_cents": 80000,
             "baseline_minutes": Decimal("9"),
             "data_sources": [{"name": "ERP purchase orders", "freshness_minutes": 15}],
+            "slos": {"step_latency_p95_ms": 3000, "min_approval_rate": 0.9},
             "raw_policies": (
                 '@id("new-supplier-review")\n'
                 '@message("Invoices from suppliers onboarded this month are checked by a person")\n'
@@ -231,6 +232,7 @@ WORKFLOWS: list[dict[str, Any]] = [
             "sla_minutes": 60,
             "currency": "EUR",
             "baseline_minutes": Decimal("12"),
+            "slos": {"step_latency_p95_ms": 2000, "max_human_in_loop_rate": 0.25},
             "raw_policies": (
                 '@id("no-admin-by-agent")\n'
                 '@message("Admin roles are never granted by an agent")\n'

@@ -1,5 +1,6 @@
-"""Readiness checks for /healthz: is the database reachable, is the broker reachable, does at
-least one worker answer. Each check reports its own status and never raises."""
+"""Readiness checks for /healthz: is PostgreSQL reachable, is the broker (Redis or Valkey)
+reachable, does at least one worker answer. The first two name the server that answered and its
+version. Each check reports its own status and never raises."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery import Celery
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -39,15 +41,30 @@ def _elapsed_ms(started: float) -> float:
 
 
 def check_database() -> CheckResult:
+    """Reachable, and which server answered: "PostgreSQL 17.5"."""
     started = time.perf_counter()
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
+            cursor.execute("SELECT current_setting('server_version_num')::int")
+            (version,) = cursor.fetchone()
     except DatabaseError as exc:
         logger.warning("health: database unreachable: %s", type(exc).__name__)
         return CheckResult(False, f"unreachable ({type(exc).__name__})", _elapsed_ms(started))
-    return CheckResult(True, connection.vendor, _elapsed_ms(started))
+    detail = f"PostgreSQL {version // 10000}.{version % 10000}"
+    return CheckResult(True, detail, _elapsed_ms(started))
+
+
+def _broker_server(conn: Any) -> str:
+    """Which server the broker is, from its INFO: "Valkey 8.1.1" or "Redis 7.4.2" (Valkey also
+    reports a redis_version, the Redis version it is compatible with)."""
+    try:
+        with conn.default_channel.conn_or_acquire() as client:
+            info = client.info("server")
+    except redis.ResponseError:  # INFO refused (an ACL without it): reachable all the same
+        return "Redis or Valkey"
+    if "valkey_version" in info:
+        return f"Valkey {info['valkey_version']}"
+    return f"Redis {info['redis_version']}"
 
 
 def check_broker_and_workers(app: Celery, timeout: float) -> tuple[CheckResult, CheckResult]:
@@ -58,12 +75,13 @@ def check_broker_and_workers(app: Celery, timeout: float) -> tuple[CheckResult, 
         failures: tuple[type[BaseException], ...] = (KombuError, OSError, *conn.connection_errors)
         try:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=1, timeout=2)
+            server = _broker_server(conn)
         except failures as exc:
             logger.warning("health: broker unreachable: %s", type(exc).__name__)
             broker = CheckResult(False, f"unreachable ({type(exc).__name__})", _elapsed_ms(started))
             # Without a broker no ping can travel; say so instead of waiting for the timeout.
             return broker, CheckResult(False, "not checked: broker unreachable", 0.0)
-        broker = CheckResult(True, str(conn.transport_cls), _elapsed_ms(started))
+        broker = CheckResult(True, server, _elapsed_ms(started))
         started = time.perf_counter()
         try:
             # Readiness needs one answer: stop listening at the first instead of waiting out

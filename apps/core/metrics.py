@@ -251,13 +251,11 @@ class DatabaseCollector(Collector):
 
 
 class BrokerCollector(Collector):
-    """The number of task messages waiting in the Celery queue (Redis only: one LLEN)."""
+    """The number of task messages waiting in the Celery queue (one LLEN)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from django.conf import settings
 
-        if settings.BROKER_EMBEDDED:
-            return
         family = GaugeMetricFamily(
             "escapement_celery_queue_length",
             "Task messages waiting in the broker's queue for a worker.",

@@ -22,20 +22,16 @@ it exclusive. Then:
    claim is refused. (PostgreSQL also queues a shared request behind an exclusive one already
    waiting, so a stream of claims cannot keep an engage waiting.)
 
-On PostgreSQL the claim is a database function that takes the fence and then runs its UPDATE
-as a later statement (apps/actions/migrations/0006_claim_functions.py). Before it claims, a
-worker looks (apps/actions/execution.py): the same reading of the status and the switches,
-behind the fence too, writing nothing. A look only ever refuses (refusing is always safe);
-whatever it lets through is checked again by the claim. It takes the fence so that a look
-arriving during an engage waits there and refuses as soon as the switch commits.
+The claim is a database function that takes the fence and then runs its UPDATE as a later
+statement (apps/actions/migrations/0006_claim_functions.py). Before it claims, a worker looks
+(apps/actions/execution.py): the same reading of the status and the switches, behind the fence
+too, writing nothing. A look only ever refuses (refusing is always safe); whatever it lets
+through is checked again by the claim. It takes the fence so that a look arriving during an
+engage waits there and refuses as soon as the switch commits.
 
 `started_at` (the claim transaction's start, `now()`) and `engaged_at` (the statement time of
 the INSERT, after the fence was granted) both come from the database's clock, so no host's
-clock enters the comparison.
-
-SQLite (the embedded default) has no advisory locks and needs none: every transaction there
-starts with the database's write lock (`transaction_mode` IMMEDIATE), which orders claims and
-engages the same way."""
+clock enters the comparison."""
 
 from __future__ import annotations
 
@@ -47,22 +43,9 @@ from django.db import connection, transaction
 FENCE_KEY = 0x4B494C4C_53574954
 
 
-def _postgres() -> bool:
-    return connection.vendor == "postgresql"
-
-
-def fence_for_claim() -> None:
-    """Take the fence shared, to the end of the current transaction (call inside one)."""
-    assert transaction.get_connection().in_atomic_block, "the fence lasts a transaction"
-    if _postgres():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [FENCE_KEY])
-
-
 def fence_for_engage() -> None:
     """Take the fence exclusive, to the end of the current transaction: waits for the claims
     in flight to commit, and holds new ones back until this transaction ends."""
     assert transaction.get_connection().in_atomic_block, "the fence lasts a transaction"
-    if _postgres():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FENCE_KEY])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FENCE_KEY])

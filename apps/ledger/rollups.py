@@ -16,9 +16,6 @@ How it stays exact:
   agent's usage carries its proposal's time; a transaction may commit minutes after its rows were
   stamped) still lands in its day. A cost event backdated further than that is a data import:
   `cost_rollup(rebuild=True)` recomputes everything.
-
-The embedded SQLite default keeps no rollup: it sums the cost events themselves, which is what
-a small installation needs (SQLite has no time zones to group by day in SQL).
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.ledger.models import RollupMark
-from apps.runtime.models import ModelCall
 
 GRACE_DAYS = 1
 REOPEN_DAYS = 2
@@ -58,8 +54,6 @@ def _first_event_day() -> date | None:
 @transaction.atomic
 def cost_rollup(*, now: datetime | None = None, rebuild: bool = False) -> RollupReport:
     """Bring the rollup up to the day GRACE_DAYS before today (local time)."""
-    if connection.vendor != "postgresql":
-        return RollupReport(None, 0)
     RollupMark.objects.get_or_create(pk=RollupMark.SINGLETON)
     # The row lock serialises rollups: two schedulers, or a rebuild during a run, queue up.
     mark = RollupMark.objects.select_for_update().get(pk=RollupMark.SINGLETON)
@@ -113,8 +107,6 @@ def spend_by_day(*, workflow_ids: list[int], start: date, end: date) -> list[Day
     the raw records from the mark on, read in one statement (one snapshot)."""
     if not workflow_ids:
         return []
-    if connection.vendor != "postgresql":
-        return _spend_by_day_from_events(workflow_ids=workflow_ids, start=start, end=end)
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -152,22 +144,3 @@ def spend_by_day(*, workflow_ids: list[int], start: date, end: date) -> list[Day
             },
         )
         return [DaySpend(row[0], row[1], int(row[2]), row[3]) for row in cursor.fetchall()]
-
-
-def _spend_by_day_from_events(*, workflow_ids: list[int], start: date, end: date) -> list[DaySpend]:
-    totals: dict[tuple[int, date], tuple[int, Decimal]] = {}
-    events = ModelCall.objects.filter(
-        workflow_id__in=workflow_ids,
-        created_at__gte=local_midnight(start),
-        created_at__lt=local_midnight(end),
-    ).values_list("workflow_id", "created_at", "cost_cents")
-    for workflow_id, created_at, cost in events.iterator():
-        key = (workflow_id, timezone.localdate(created_at))
-        calls, total = totals.get(key, (0, Decimal(0)))
-        totals[key] = (calls + 1, total + cost)
-    return [
-        DaySpend(workflow_id, day, calls, total)
-        for (workflow_id, day), (calls, total) in sorted(
-            totals.items(), key=lambda item: (item[0][1], item[0][0])
-        )
-    ]

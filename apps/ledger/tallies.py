@@ -17,9 +17,6 @@ How it stays exact:
 - Buckets are quarter hours of UTC: every time zone's midnight falls on one, so a month in
   settings.TIME_ZONE is a whole number of buckets, whatever the zone (a bound that is not on a
   quarter hour is counted from the actions themselves).
-
-The embedded SQLite default has no trigger: it counts the actions directly, which is what a
-small installation needs.
 """
 
 from __future__ import annotations
@@ -51,11 +48,6 @@ class ActionCount:
     n: int
 
 
-def tallied() -> bool:
-    """Whether this database keeps the tally (PostgreSQL), or actions are counted directly."""
-    return connection.vendor == "postgresql"
-
-
 def _on_bucket(moment: datetime) -> bool:
     return moment.timestamp() % BUCKET_SECONDS == 0
 
@@ -72,7 +64,7 @@ def action_counts(
     if not workflow_ids or len(bounds) < 2:
         return []
     wanted = list(statuses) if statuses is not None else None
-    if tallied() and all(_on_bucket(bound) for bound in bounds):
+    if all(_on_bucket(bound) for bound in bounds):
         return _from_tally(list(workflow_ids), list(bounds), wanted)
     return _from_actions(list(workflow_ids), list(bounds), wanted)
 
@@ -129,9 +121,7 @@ def _from_actions(
 @transaction.atomic
 def tally_compact() -> int:
     """Fold the tally rows of every key that has new ones into one row per key; returns how
-    many rows were folded (0 when another compaction is running, or on SQLite)."""
-    if not tallied():
-        return 0
+    many rows were folded (0 when another compaction is running)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [COMPACT_LOCK])
         if not cursor.fetchone()[0]:
@@ -164,8 +154,6 @@ def tally_compact() -> int:
 def tally_rebuild() -> None:
     """Count every action again from scratch (after a restore, or to check the trigger's work):
     writers of actions wait until it commits."""
-    if not tallied():
-        return
     with connection.cursor() as cursor:
         cursor.execute("LOCK TABLE actions_action IN SHARE MODE")
         cursor.execute("DELETE FROM ledger_actiontally")

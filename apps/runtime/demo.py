@@ -1,44 +1,34 @@
-"""The living demo: hosted agents for the three demo workflows, their deterministic models,
-and the demo traffic that gives them work.
+"""The living demo: hosted agents for the three demo workflows and their deterministic models;
+the demo traffic that gives them work is in apps/runtime/demo_traffic.py.
 
 The agents are ordinary hosted agents: they read the system of record (the sandbox, over
 HTTP), ask the router for model answers and propose through the gate. Their deterministic
 models are rules, so the demo works with no model provider; with MODEL_PROVIDER=openai the
 small and frontier tiers go to the configured endpoint instead and the prompts below are what
-the model reads.
-
-The traffic follows a fixed script, cycling: two pieces of work every DEMO_TRAFFIC_INTERVAL
-seconds, so that within a minute of `make run` refunds have run on their own against the
-sandbox, held refunds and an MFA reset wait in the review queue, model costs are recorded, and
-an access grant for someone who has left the company fails and becomes a fallback item. The
-script picks orders that still have a refundable balance and invoices still open, and when the
-sandbox runs out of them a customer places a new order or a supplier sends a new invoice."""
+the model reads."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
 
 from apps.registry.models import Agent, ModelPrice, Tool
-from apps.runtime.models import AgentBudget, DemoTraffic, Run
+from apps.runtime.models import AgentBudget, DemoTraffic
 from apps.runtime.providers import ModelRequest
 from apps.runtime.providers.deterministic import RuleAnswer, deterministic_model
-from apps.runtime.services import RunRefused, run_start
 from apps.runtime.steps import StepContext, StepFailed, hosted_agent
 
 logger = logging.getLogger(__name__)
 
 DETERMINISTIC_MODEL = "rules-v1"
+# The source of the runs the demo traffic starts.
+DEMO_SOURCE = "demo"
 _http = urllib3.PoolManager(num_pools=2, maxsize=4, retries=False)
 
 
@@ -242,214 +232,48 @@ def access_decide(ctx: StepContext) -> dict[str, Any]:
 
 @invoices.step("match", time_budget=20, max_retries=2)
 def invoices_match(ctx: StepContext) -> dict[str, Any]:
-    """Compare the invoice with its purchase order and propose the match."""
+    """Compare the invoice with its purchase order; propose the match when they agree, and
+    put the invoice on hold with a note for accounts payable when they do not."""
+    invoice_id = str(ctx.input["invoice_id"])
     billed = int(ctx.input["amount_cents"])
     ordered = int(ctx.input["po_amount_cents"])
     answer = ctx.ask(
         "check_invoice",
-        f"Invoice {ctx.input['invoice_id']} bills {billed} cents against purchase order "
+        f"Invoice {invoice_id} bills {billed} cents against purchase order "
         f"{ctx.input['po_number']} for {ordered} cents.",
         system=INVOICE_SYSTEM,
         context={"amount_cents": billed, "po_amount_cents": ordered},
     )
-    action = ctx.propose(
-        "match_invoice",
-        {
-            "invoice_id": str(ctx.input["invoice_id"]),
+    matches = bool((answer.data or {}).get("matches"))
+    if matches:
+        tool = "match_invoice"
+        params: dict[str, Any] = {
+            "invoice_id": invoice_id,
             "po_number": str(ctx.input["po_number"]),
             "amount_cents": billed,
             "currency": "EUR",
-        },
-        subject=f"invoice:{ctx.input['invoice_id']}",
+        }
+    else:
+        tool = "flag_discrepancy"
+        params = {
+            "invoice_id": invoice_id,
+            "note": f"Billed {Decimal(billed) / 100:.2f} EUR against purchase order "
+            f"{ctx.input['po_number']} for {Decimal(ordered) / 100:.2f} EUR: please check "
+            "with the supplier before paying.",
+        }
+    action = ctx.propose(
+        tool,
+        params,
+        subject=f"invoice:{invoice_id}",
         confidence=None if answer.needs_human else _confidence(answer.confidence),
-        reasoning=f"invoice checked against the purchase order at the {answer.tier} tier",
+        reasoning=f"invoice checked against the purchase order at the {answer.tier} tier: "
+        + ("amounts agree" if matches else "amounts differ"),
         segment=str(ctx.input.get("segment", "")),
     )
-    return {"matches": (answer.data or {}).get("matches"), "action": str(action.pk)}
+    return {"matches": matches, "action": str(action.pk)}
 
 
-# --- Demo traffic --------------------------------------------------------------------------------
-
-RUNS_PER_TICK = 2
-
-
-@dataclass(frozen=True)
-class Scenario:
-    workflow: str
-    kind: str
-    values: dict[str, Any]
-
-
-SCRIPT: tuple[Scenario, ...] = (
-    Scenario(
-        "refunds",
-        "refund",
-        {
-            "amount_cents": 3000,
-            "reason": "parcel arrived damaged",
-            "ticket": "Hi, my parcel arrived damaged (photo attached). Please refund 30.00 EUR. "
-            "You can reach me at {email}.",
-        },
-    ),
-    Scenario(
-        "access-requests",
-        "access",
-        {
-            "employee_id": "E-101",
-            "system": "jira",
-            "role": "viewer",
-            "duration_days": 14,
-            "ticket": "Please give Maya Fischer viewer access to jira for two weeks.",
-        },
-    ),
-    Scenario(
-        "refunds",
-        "refund",
-        {
-            "amount_cents": 24000,
-            "reason": "items missing from the delivery",
-            "ticket": "Two items were missing from my delivery, I would like 240.00 EUR back. "
-            "Call me on +44 20 7946 0958 if you need details.",
-        },
-    ),
-    Scenario(
-        "access-requests",
-        "access",
-        {
-            "employee_id": "E-103",
-            "ticket": "Leila Nasser lost her phone and needs her MFA reset to enrol a new one. "
-            "Her desk line is 0151 234 5678.",
-        },
-    ),
-    Scenario(
-        "refunds",
-        "refund",
-        {
-            "amount_cents": 4500,
-            "reason": "changed their mind",
-            "ticket": "I changed my mind about the jacket, can I get 45.00 EUR back? I paid with "
-            "card 4111 1111 1111 1111.",
-        },
-    ),
-    Scenario(
-        "access-requests",
-        "access",
-        {
-            "employee_id": "E-106",
-            "system": "github",
-            "role": "editor",
-            "duration_days": 7,
-            "ticket": "Victor Hale needs editor access to github for a week.",
-        },
-    ),
-    Scenario("invoice-matching", "invoice", {"mismatch": False}),
-    Scenario(
-        "refunds",
-        "refund",
-        {
-            "amount_cents": 1500,
-            "reason": "never arrived",
-            "ticket": "My order never arrived. Please refund 15.00 EUR to my account.",
-        },
-    ),
-    Scenario(
-        "access-requests",
-        "access",
-        {
-            "employee_id": "E-104",
-            "system": "salesforce",
-            "role": "admin",
-            "duration_days": 3,
-            "ticket": "Tomasz Nowak asks for admin on salesforce for three days.",
-        },
-    ),
-    Scenario("invoice-matching", "invoice", {"mismatch": True}),
-    Scenario(
-        "refunds",
-        "refund",
-        {
-            "amount_cents": 200000,
-            "reason": "whole order returned",
-            "ticket": "I am returning the whole order and want my money back: 2,000.00 EUR. "
-            "IBAN DE89 3704 0044 0532 0130 00.",
-        },
-    ),
-    Scenario(
-        "access-requests",
-        "access",
-        {
-            "employee_id": "E-102",
-            "system": "netsuite",
-            "role": "editor",
-            "duration_days": 14,
-            "ticket": "Jonas Berg needs editor on netsuite for the quarter close.",
-        },
-    ),
-)
-
-
-def _refund_work(values: dict[str, Any], turn: int) -> tuple[str, dict[str, Any]]:
-    from apps.sandbox.models import Order, Segment
-
-    amount = int(values["amount_cents"])
-    # The script's 2,000 EUR refund is meant to be denied: any order will do.
-    need = min(amount, 50000)
-    candidates = list(
-        Order.objects.filter(total_cents__gte=F("refunded_cents") + need).order_by("id")
-    )
-    if candidates:
-        order = candidates[turn % len(candidates)]
-    else:
-        number = Order.objects.count() + 1001
-        order = Order.objects.create(
-            id=str(number),
-            customer=f"Demo customer {number}",
-            segment=Segment.RETAIL,
-            currency="EUR",
-            total_cents=max(need * 2, 10000),
-        )
-    ticket = str(values["ticket"]).format(email=f"customer{order.pk}@example.com")
-    return f"order:{order.pk}", {
-        "order_id": order.pk,
-        "amount_cents": amount,
-        "reason": values["reason"],
-        "ticket": f"Ticket about order {order.pk}: {ticket}",
-    }
-
-
-def _invoice_work(values: dict[str, Any], turn: int) -> tuple[str, dict[str, Any]]:
-    from apps.sandbox.models import Invoice
-
-    invoice = Invoice.objects.filter(status=Invoice.Status.OPEN).order_by("id").first()
-    if invoice is None:
-        number = Invoice.objects.count() + 2001
-        invoice = Invoice.objects.create(
-            id=f"INV-{number}",
-            supplier="Demo supplier",
-            po_number=f"PO-{number + 5000}",
-            amount_cents=10000 + (number % 7) * 1000,
-            currency="EUR",
-        )
-    billed = invoice.amount_cents + (1500 if values["mismatch"] else 0)
-    return f"invoice:{invoice.pk}", {
-        "invoice_id": invoice.pk,
-        "po_number": invoice.po_number,
-        "amount_cents": billed,
-        "po_amount_cents": invoice.amount_cents,
-    }
-
-
-def demo_work(turn: int) -> tuple[Scenario, str, dict[str, Any]]:
-    """The piece of demo work number `turn` of the script: its scenario, subject and input."""
-    scenario = SCRIPT[turn % len(SCRIPT)]
-    if scenario.kind == "refund":
-        subject, values = _refund_work(scenario.values, turn // len(SCRIPT))
-    elif scenario.kind == "invoice":
-        subject, values = _invoice_work(scenario.values, turn // len(SCRIPT))
-    else:
-        values = dict(scenario.values)
-        subject = f"employee:{values['employee_id']}"
-    return scenario, subject, values
+# --- Demo traffic switch (the traffic itself: apps/runtime/demo_traffic.py) ---------------------
 
 
 def demo_traffic_state() -> DemoTraffic:
@@ -461,34 +285,6 @@ def demo_traffic_set(*, paused: bool, by: str) -> DemoTraffic:
     DemoTraffic.objects.filter(pk=state.pk).update(paused=paused, paused_by=by if paused else "")
     state.refresh_from_db()
     return state
-
-
-def demo_traffic_tick(*, count: int = RUNS_PER_TICK) -> list[Run]:
-    """Start the next `count` pieces of demo work, unless the demo traffic is off or paused or
-    the demo world is missing."""
-    if not settings.DEMO_TRAFFIC:
-        return []
-    demo_traffic_state()
-    with transaction.atomic():
-        state = DemoTraffic.objects.select_for_update().get(pk=DemoTraffic.SINGLETON)
-        if state.paused:
-            return []
-        first = state.counter
-        state.counter = first + count
-        state.last_tick_at = timezone.now()
-        state.save(update_fields=["counter", "last_tick_at"])
-    started = []
-    for turn in range(first, first + count):
-        scenario, subject, values = demo_work(turn)
-        try:
-            run = run_start(
-                workflow=scenario.workflow, subject=subject, input=values, source="demo"
-            )
-        except RunRefused as exc:
-            logger.info("demo work %d not started: %s", turn, exc.message)
-            continue
-        started.append(run)
-    return started
 
 
 # --- Seeding -------------------------------------------------------------------------------------

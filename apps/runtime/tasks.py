@@ -25,6 +25,6 @@ def sweep() -> None:
 @shared_task(name="runtime.demo_tick", ignore_result=True)
 def demo_tick() -> None:
     """From the scheduler, while DEMO_TRAFFIC is on: the demo agents pick up demo work."""
-    from apps.runtime.demo import demo_traffic_tick
+    from apps.runtime.demo_traffic import demo_traffic_tick
 
     demo_traffic_tick()

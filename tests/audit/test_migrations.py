@@ -1,16 +1,14 @@
 """The migrations that add a column to a trail already holding events (the trace id, the
-canonical payload text), on both databases the product runs on: the events stay as they were,
-and the database still refuses to change or remove them afterwards, and after migrating back."""
+canonical payload text): the events stay as they were, and the database still refuses to change
+or remove them afterwards, and after migrating back."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -77,17 +75,6 @@ def postgres() -> Iterator[tuple[str, Run]]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def sqlite(tmp_path: Path) -> tuple[str, Run]:
-    path = tmp_path / "escapement.sqlite3"
-
-    def run(sql: str) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(path) as conn:
-            return conn.execute(sql).fetchall()
-
-    return f"sqlite:///{path}", run
-
-
 # Each migration that adds a column to the trail: the migration before it, the migration, an
 # event as written before it, the column, and the value the old event gets.
 ADDED_COLUMNS = {
@@ -96,13 +83,12 @@ ADDED_COLUMNS = {
 }
 
 
-@pytest.mark.parametrize("database", ["postgres", "sqlite"])
 @pytest.mark.parametrize("added", sorted(ADDED_COLUMNS))
 def test_migration__column_added_to_existing_events__trail_stays_append_only(
-    database: str, added: str, request: pytest.FixtureRequest
+    added: str, postgres: tuple[str, Run]
 ) -> None:
     before, migration, old_event, column, value = ADDED_COLUMNS[added]
-    url, run = request.getfixturevalue(database)
+    url, run = postgres
     # Given a trail holding an event, written before the column was kept
     migrate(url, before)
     run(old_event)

@@ -9,10 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
 
 # The live sandbox world of the execution tests, for pages that run actions end to end.
 from tests.execution.conftest import sandbox_url, world  # noqa: F401 (fixtures)
+
+# The ceiling of every wait in a page (an element, a navigation, an expect): pages that wait on a
+# worker or draw charts take seconds on a busy machine, and a wait ends as soon as its condition
+# holds, so only a failing test ever waits this long. (Playwright's own defaults, 30 s for
+# actions and 5 s for expect, are speed assumptions.)
+TIMEOUT_MS = 90_000
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -57,11 +63,19 @@ def browser() -> Iterator[Browser]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+def new_page(browser: Browser) -> Page:
+    """A page in a context of its own, with the generous timeouts."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_navigation_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    return context.new_page()
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(10_000)
+    page = new_page(browser)
+    context = page.context
     errors: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:

@@ -36,7 +36,7 @@ def test_backtest__risk_runs_it_from_the_editor__sees_flips(
 
     # Then the panel polls until the worker is done and shows both sides and the flips
     result = page.locator("#backtest-result")
-    expect(result).to_have_attribute("data-state", "done", timeout=30_000)
+    expect(result).to_have_attribute("data-state", "done")
     expect(page.get_by_test_id("flip-total")).to_have_text("3")
     counts = page.locator("#backtest-counts")
     expect(counts.locator("tbody tr").nth(0)).to_contain_text("active v1")

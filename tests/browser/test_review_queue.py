@@ -16,7 +16,7 @@ from apps.books.services import book_publish, draft_create, draft_update
 from apps.registry.models import Workflow
 from apps.reviews.models import ReviewItem
 from apps.sandbox.selectors import refunds_for
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import new_page, sign_in
 from tests.conftest import PASSWORD, make_user
 from tests.execution.conftest import ROOMY_ORDER, World, propose_refund, wait_for_status
 from tests.factories import REFUND_CONTROLS
@@ -26,13 +26,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("celery_worker"),
 ]
-
-
-def second_page(browser: Browser) -> Page:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    second = context.new_page()
-    second.set_default_timeout(10_000)
-    return second
 
 
 def test_review_queue__filter_open_edit_approve__succeeds_without_reload(
@@ -69,14 +62,14 @@ def test_review_queue__filter_open_edit_approve__succeeds_without_reload(
 
     # Then the item shows decided, and the refund succeeds in the sandbox without a reload
     expect(page.locator("#item-panel")).to_have_attribute("data-state", "decided")
-    expect(page.get_by_test_id("action-status")).to_have_text("succeeded", timeout=20_000)
+    expect(page.get_by_test_id("action-status")).to_have_text("succeeded")
     assert page.evaluate("() => window.__sameDocument") == marker
     done = Action.objects.get(pk=held.pk)
     assert done.params["amount_cents"] == 2_550
     assert [r.amount_cents for r in refunds_for(ROOMY_ORDER)] == [2_550]
 
     # And frank no longer sees it in his queue; the other refund is still there
-    frank = second_page(browser)
+    frank = new_page(browser)
     sign_in(frank, live_server, "frank", PASSWORD)
     frank.goto(f"{live_server.url}/reviews/")
     rows = frank.locator("#queue-items tbody tr")
@@ -114,12 +107,12 @@ def test_review_queue__red_zone__second_person_needed(
     assert Action.objects.get(pk=held.pk).status == Status.PENDING_REVIEW
 
     # When frank approves it too, it runs
-    frank = second_page(browser)
+    frank = new_page(browser)
     sign_in(frank, live_server, "frank", PASSWORD)
     frank.goto(f"{live_server.url}/reviews/{item.pk}/")
     expect(frank.locator("#approvals")).to_contain_text("alice")
     frank.locator("#reason-code").select_option("verified")
     frank.get_by_role("button", name="Decide").click()
-    expect(frank.get_by_test_id("action-status")).to_have_text("succeeded", timeout=20_000)
+    expect(frank.get_by_test_id("action-status")).to_have_text("succeeded")
     wait_for_status(held, Status.SUCCEEDED)
     frank.context.close()

@@ -1,4 +1,5 @@
-"""Settings come from the environment, with an embedded default when nothing is set."""
+"""Settings come from the environment; with nothing set, from the embedded servers `make run`
+started (or the usual local addresses)."""
 
 from __future__ import annotations
 
@@ -64,24 +65,44 @@ def load_settings(tmp_path: Path, **env: str) -> dict[str, object]:
     return result
 
 
-def test_settings__nothing_set__embedded_sqlite_and_filesystem_broker(tmp_path: Path) -> None:
-    # Given an environment with no configuration
+def test_settings__nothing_set__postgres_and_redis_at_their_usual_addresses(
+    tmp_path: Path,
+) -> None:
+    # Given an environment with no configuration and no embedded server running
     # When the settings load
     loaded = load_settings(tmp_path)
-    # Then the database is SQLite under var/ and the broker needs no server
-    assert loaded["engine"] == "django.db.backends.sqlite3"
-    assert loaded["name"] == str(tmp_path / "var" / "escapement.sqlite3")
-    assert str(loaded["broker"]).startswith("filesystem://")
-    transport = loaded["transport"]
-    assert isinstance(transport, dict)
-    assert transport["data_folder_in"] == transport["data_folder_out"]
-    assert Path(transport["control_folder"]).is_absolute()
-    assert Path(transport["data_folder_in"]).is_dir()
-    assert str(loaded["results"]).startswith("file://")
+    # Then the product still means PostgreSQL and Redis: there is no other engine
+    assert loaded["engine"] == "django.db.backends.postgresql"
+    assert (loaded["host"], loaded["name"]) == ("127.0.0.1", "escapement")
+    assert loaded["broker"] == loaded["results"] == "redis://127.0.0.1:6379/0"
     # And production safety holds by default
     assert loaded["debug"] is False
     assert loaded["log_format"] == "json"
     assert loaded["session_secure"] is False  # not told it runs behind TLS
+
+
+def test_settings__embedded_servers_running__their_urls(tmp_path: Path) -> None:
+    # Given the embedded servers of `make run` running, named in var/services/urls.json
+    services = tmp_path / "var" / "services"
+    services.mkdir(parents=True)
+    (services / "urls.json").write_text(
+        json.dumps(
+            {
+                "DATABASE_URL": "postgres://escapement:pw@127.0.0.1:41001/escapement",
+                "REDIS_URL": "redis://:pw@127.0.0.1:41002/0",
+            }
+        )
+    )
+    # When a command loads the settings with nothing set
+    loaded = load_settings(tmp_path)
+    # Then it finds them
+    assert loaded["host"] == "127.0.0.1"
+    assert loaded["broker"] == "redis://:pw@127.0.0.1:41002/0"
+
+
+def test_database_config__not_postgres__names_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_URL: expected a postgres://"):
+        database_config({"DATABASE_URL": "sqlite:///x.db"}, tmp_path)
 
 
 def test_settings__urls_set__postgres_and_redis(tmp_path: Path) -> None:

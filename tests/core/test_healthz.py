@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,18 +40,22 @@ def broker_url(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.django_db
-def test_healthz__all_up__200_with_each_check(client: Client, celery_worker: str) -> None:
-    # Given PostgreSQL, Redis and a worker
+def test_healthz__all_up__200_with_each_check(
+    client: Client, celery_worker: str, settings: Any
+) -> None:
+    # Given PostgreSQL, Redis and a worker (which, on a busy machine, may take more than the
+    # usual second to answer: the check ends at its first answer anyway)
+    settings.HEALTHZ_WORKER_TIMEOUT = 60.0
     # When /healthz is asked
     response = client.get("/healthz")
-    # Then every check passes and the worker is named
+    # Then every check passes, naming the servers and the worker
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
     assert body["checks"]["database"]["ok"] is True
-    assert body["checks"]["database"]["detail"] == "postgresql"
+    assert re.fullmatch(r"PostgreSQL \d+\.\d+", body["checks"]["database"]["detail"])
     assert body["checks"]["broker"]["ok"] is True
-    assert body["checks"]["broker"]["detail"] == "redis"
+    assert re.fullmatch(r"(Redis|Valkey) \d+\.\d+\.\d+", body["checks"]["broker"]["detail"])
     assert body["checks"]["workers"]["ok"] is True
     assert body["checks"]["workers"]["workers"]
 
@@ -118,7 +123,7 @@ def test_healthcheck_command__database_down__exit_1_naming_database(tmp_path: Pa
 def test_worker__task_sent__comes_back(celery_worker: str) -> None:
     # Given a worker process
     # When a task goes through Redis
-    result = ping.delay("hello").get(timeout=10)
+    result = ping.delay("hello").get(timeout=120)
     # Then its answer comes back through the result backend
     assert result["echo"] == "hello"
 
@@ -130,7 +135,7 @@ def test_heartbeat__run_by_worker__stamps_scheduler(client: Client, celery_worke
     # When the scheduler's task runs on the worker
     heartbeat.delay()
     # Then the stamp is written and /healthz reports the scheduler alive
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120
     while not Heartbeat.objects.filter(component="scheduler").exists():
         assert time.monotonic() < deadline, "the worker did not record the heartbeat"
         time.sleep(0.05)

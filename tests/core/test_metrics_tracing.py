@@ -71,7 +71,7 @@ def in_process_worker() -> Iterator[None]:
         other_sessions_ended()
 
 
-def wait_for(condition: Any, timeout: float = 20.0) -> None:
+def wait_for(condition: Any, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"

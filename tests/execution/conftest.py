@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.signals import request_started
+from django.core.signals import request_finished, request_started
 from kombu import Queue
 
 from apps.accounts.roles import Role
@@ -36,7 +37,12 @@ from apps.sandbox.demo import sandbox_seed
 from apps.sandbox.models import FaultMode
 from apps.sandbox.services import faults_set
 from controlplane.celery import app as celery_app
-from tests.conftest import ROOT, database_url_for_subprocess
+from tests.conftest import (
+    ROOT,
+    WORKER_START_SECONDS,
+    database_url_for_subprocess,
+    worker_answers,
+)
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
 from tests.sandbox.conftest import SANDBOX_TOKEN, sandbox_open
 
@@ -44,6 +50,8 @@ from tests.sandbox.conftest import SANDBOX_TOKEN, sandbox_open
 ROOMY_ORDER = "1003"
 SMALL_ORDER = "1001"
 ROOMY_ORDER_TOTAL = 3_950
+# The ceiling of a wait for the workers: far above what a healthy run takes on a busy machine.
+WAIT_SECONDS = 120.0
 # The audit trail of an allowed action that ran once to success, in order.
 RAN_ONCE = [
     "action.proposed",
@@ -123,7 +131,7 @@ def propose_refund(
     return action_propose(key=world.key, proposal=proposal).action
 
 
-def wait_for_status(action: Action, *statuses: str, timeout: float = 15.0) -> Action:
+def wait_for_status(action: Action, *statuses: str, timeout: float = WAIT_SECONDS) -> Action:
     """Poll the database until the action is in one of `statuses`; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -142,26 +150,86 @@ class SandboxRequest:
     idempotency_key: str
 
 
+def is_sandbox_call(environ: dict[str, Any] | None) -> bool:
+    path = str((environ or {}).get("PATH_INFO", ""))
+    return path.startswith("/sandbox/") and path != "/sandbox/faults"
+
+
 @pytest.fixture
 def sandbox_requests() -> Iterator[list[SandboxRequest]]:
     """Every request the sandbox receives during the test, whoever sends it (the live server
-    runs in this process, so Django's request_started signal sees the worker's calls too)."""
+    runs in this process, so Django's request_started signal sees the worker's calls too).
+
+    The test ends only once the sandbox has answered them all: a call its caller gave up on (a
+    slow sandbox, a killed worker) would otherwise land after the test, in the next one's
+    tables."""
     seen: list[SandboxRequest] = []
+    serving: set[int] = set()  # the live-server threads serving a sandbox call
 
     def record(sender: Any, environ: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        path = (environ or {}).get("PATH_INFO", "")
-        if path.startswith("/sandbox/") and path != "/sandbox/faults":
-            seen.append(SandboxRequest(path, (environ or {}).get("HTTP_IDEMPOTENCY_KEY", "")))
+        if is_sandbox_call(environ):
+            serving.add(threading.get_ident())
+            seen.append(SandboxRequest((environ or {})["PATH_INFO"], key_of(environ)))
+
+    def done(sender: Any, **kwargs: Any) -> None:
+        serving.discard(threading.get_ident())
 
     request_started.connect(record, dispatch_uid="execution-tests-sandbox-requests")
+    request_finished.connect(done, dispatch_uid="execution-tests-sandbox-requests")
     try:
         yield seen
+        wait_until(lambda: not serving, "the sandbox answered every call")
     finally:
         request_started.disconnect(dispatch_uid="execution-tests-sandbox-requests")
+        request_finished.disconnect(dispatch_uid="execution-tests-sandbox-requests")
+
+
+def key_of(environ: dict[str, Any] | None) -> str:
+    return str((environ or {}).get("HTTP_IDEMPOTENCY_KEY", ""))
 
 
 def calls_with(requests: list[SandboxRequest], idempotency_key: str) -> int:
     return sum(1 for request in requests if request.idempotency_key == idempotency_key)
+
+
+def wait_until(condition: Any, what: str, timeout: float = WAIT_SECONDS) -> None:
+    """Poll until `condition()` holds; fail, naming `what`, after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting until {what}"
+        time.sleep(0.05)
+
+
+class SandboxHold:
+    """Keeps every call to the sandbox in flight until the test releases it: the live-server
+    thread serving a call waits before the sandbox reads it (it runs in this process, so the
+    request_started signal reaches it). Where a slow sandbox would answer after a fixed delay,
+    whether or not the test got to do its part in time, a held call answers only once the test
+    has done it."""
+
+    def __init__(self) -> None:
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait(self, sender: Any, environ: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if is_sandbox_call(environ):
+            # (bounded, so that a test that fails before releasing does not hang the server)
+            self._released.wait(timeout=WAIT_SECONDS)
+
+
+@pytest.fixture
+def sandbox_hold(sandbox_requests: list[SandboxRequest]) -> Iterator[SandboxHold]:
+    """Sandbox calls held from the start of the test until `release()` (after
+    `sandbox_requests` has seen them: a held call is already counted)."""
+    hold = SandboxHold()
+    request_started.connect(hold.wait, dispatch_uid="execution-tests-sandbox-hold")
+    try:
+        yield hold
+    finally:
+        hold.release()
+        request_started.disconnect(dispatch_uid="execution-tests-sandbox-hold")
 
 
 @pytest.fixture
@@ -223,8 +291,8 @@ def worker_start(
             start_new_session=True,
         )  # fmt: skip
     worker = Worker(process, node, log_path)
-    deadline = time.monotonic() + 30
-    while not celery_app.control.ping(destination=[node], timeout=0.5):
+    deadline = time.monotonic() + WORKER_START_SECONDS
+    while not worker_answers(node):
         if process.poll() is not None or time.monotonic() > deadline:
             output = worker.log()
             worker_stop(worker)

@@ -10,14 +10,15 @@ action whose lease ended long ago (its worker died, its message lost)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 from kombu import Queue
 
+from apps.actions.execution import lease_seconds
 from apps.actions.models import Action, Status
 from apps.actions.requeue import actions_requeue
 from apps.actions.states import transition
@@ -28,6 +29,7 @@ from apps.sandbox.services import faults_set
 from controlplane.celery import app as celery_app
 from tests.execution.conftest import (
     ROOMY_ORDER,
+    SandboxHold,
     SandboxRequest,
     Worker,
     World,
@@ -35,25 +37,19 @@ from tests.execution.conftest import (
     propose_refund,
     trail_of,
     wait_for_status,
+    wait_until,
     worker_kill,
     worker_start,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Slow enough for a second delivery to arrive while the first call is in flight, well within
-# the tool's timeout (the live server's first request of a run can itself take a second or two).
-SLOW_SANDBOX_MS = 1_000
-TOOL_TIMEOUT_SECONDS = 5.0
-# A lease of 5 + 1 = 6 s: the duplicate delivery comes back within the test, not 40 s later.
+# The first call is held in flight (the `sandbox_hold` fixture) until the second delivery has
+# done its part; the tool's timeout only has to outlast that moment.
+TOOL_TIMEOUT_SECONDS = 10.0
+# A lease of 10 + 1 = 11 s: the duplicate delivery comes back within the test, not 40 s later.
 LEASE_MARGIN_SECONDS = 1
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting until {what}"
-        time.sleep(0.05)
+NOT_CALLED = "is being run by another worker: not called"
 
 
 def purge(queue: str) -> None:
@@ -61,21 +57,32 @@ def purge(queue: str) -> None:
         Queue(queue).bind(connection.default_channel).purge()
 
 
+@pytest.fixture
+def other_queue() -> Iterator[str]:
+    """A second queue of the test's own, read only by the worker the test starts on it."""
+    name = f"test-other-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        with celery_app.connection_for_write() as connection:
+            Queue(name).bind(connection.default_channel).delete()
+
+
 def test_second_message__action_running_elsewhere__tool_not_called_again_and_succeeds_once(
     world: World,
     own_queue: str,
     sandbox_requests: list[SandboxRequest],
+    sandbox_hold: SandboxHold,
     workers: list[Worker],
 ) -> None:
-    # Given a worker with two threads, and a sandbox slow enough that the first delivery's
-    # call is still in flight when a second message for the same action arrives
+    # Given a worker with two threads, and a sandbox that keeps the first delivery's call in
+    # flight while a second message for the same action arrives
     world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
     world.tool.save()
     env = {"ACTION_LEASE_MARGIN_SECONDS": str(LEASE_MARGIN_SECONDS)}
     workers.append(
         worker_start(queue=own_queue, name="leases", env=env, pool="threads", concurrency=2)
     )
-    faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
     action = propose_refund(world, amount_cents=3_000)
     running = wait_for_status(action, Status.RUNNING)
     wait_until(
@@ -83,8 +90,11 @@ def test_second_message__action_running_elsewhere__tool_not_called_again_and_suc
         "the first delivery's call reached the sandbox",
     )
 
-    # When a second message for the action arrives (the sweep's reminder, a duplicate)
+    # When a second message for the action arrives (the sweep's reminder, a duplicate), and
+    # the first call is answered once the second delivery has found the lease held
     execute_action.delay(str(action.pk))
+    wait_until(lambda: NOT_CALLED in workers[0].log(), "the second delivery found the lease held")
+    sandbox_hold.release()
 
     # Then the action ends succeeded, once
     done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
@@ -98,7 +108,7 @@ def test_second_message__action_running_elsewhere__tool_not_called_again_and_suc
     )
     log = workers[0].log()
     assert calls_with(sandbox_requests, action.downstream_key) == 1, log
-    assert "is being run by another worker: not called" in log
+    assert NOT_CALLED in log
     assert effect_count(action.downstream_key) == 1
     assert len(refunds_for(ROOMY_ORDER)) == 1
     assert done.attempts == 1
@@ -111,17 +121,20 @@ def test_second_message__action_running_elsewhere__tool_not_called_again_and_suc
 def test_worker_killed_mid_call__reminder_arrives_within_its_lease__waits_then_completes_once(
     world: World,
     own_queue: str,
+    other_queue: str,
     sandbox_requests: list[SandboxRequest],
+    sandbox_hold: SandboxHold,
     workers: list[Worker],
 ) -> None:
-    # A lease of 5 + 8 = 13 s from the claim: it still runs when the second worker, started
-    # after the first is killed, reads the reminder (a worker starts in a few seconds).
+    # A lease of 10 + 8 = 18 s from the claim: it still runs when the second worker, already
+    # up on a queue of its own, reads the reminder sent once the first is dead.
     env = {"ACTION_LEASE_MARGIN_SECONDS": "8"}
-    # Given a worker calling the slow sandbox for an action
+    # Given a worker calling the sandbox for an action, the call held in flight, and a second
+    # worker on a queue of its own
     world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
     world.tool.save()
     workers.append(worker_start(queue=own_queue, name="dying", env=env))
-    faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
+    workers.append(worker_start(queue=other_queue, name="living", env=env))
     action = propose_refund(world, amount_cents=3_000)
     running = wait_for_status(action, Status.RUNNING)
     assert running.lease_expires_at is not None
@@ -131,18 +144,17 @@ def test_worker_killed_mid_call__reminder_arrives_within_its_lease__waits_then_c
     )
 
     # When that worker is killed mid-call (its message stays unacknowledged in Redis for
-    # the visibility timeout, an hour), and a reminder for the action reaches another
-    # worker while the dead one's lease still runs
+    # the visibility timeout, an hour; its call still lands), and a reminder for the action
+    # reaches the other worker while the dead one's lease still runs
     worker_kill(workers[0])
-    faults_set(mode=FaultMode.HEALTHY)
-    execute_action.delay(str(action.pk))
-    workers.append(worker_start(queue=own_queue, name="living", env=env))
+    sandbox_hold.release()
+    execute_action.apply_async((str(action.pk),), queue=other_queue)
 
     # Then the second worker does not call at once: it comes back at the lease's end,
     # takes the lease over, and runs the action to the end, once
-    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=30)
+    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
     assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
-    assert "is being run by another worker: not called" in workers[1].log()
+    assert NOT_CALLED in workers[1].log()
     assert done.finished_at is not None
     assert done.finished_at >= running.lease_expires_at
     assert done.lease_expires_at is not None
@@ -217,13 +229,14 @@ def test_transient_failure__retry_takes_the_released_lease__succeeds_without_wai
 
         # Then the retry (after a backoff of about half a second) runs it to the end at once:
         # the first attempt gave its lease back when it scheduled the retry
-        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=15)
+        done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
         assert done.status == Status.SUCCEEDED, done.error
         assert done.attempts == 2
         assert calls_with(sandbox_requests, action.downstream_key) == 2
         assert effect_count(action.downstream_key) == 1
         assert done.started_at is not None
         assert done.finished_at is not None
-        assert done.finished_at - done.started_at < timedelta(seconds=10)
+        # (a retry that waited for the lease would have ended after it, 40 s after the start)
+        assert done.finished_at - done.started_at < timedelta(seconds=lease_seconds(world.tool))
     finally:
         faults_set(mode=FaultMode.HEALTHY)

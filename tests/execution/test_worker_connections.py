@@ -3,7 +3,6 @@ worker_connections.py), and closes it after a task that failed."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime
 
@@ -18,6 +17,7 @@ from tests.execution.conftest import (
     World,
     propose_refund,
     wait_for_status,
+    wait_until,
     worker_start,
 )
 
@@ -34,13 +34,6 @@ def worker_backends() -> list[datetime]:
             [APPLICATION],
         )
         return [row[0] for row in cursor.fetchall()]
-
-
-def wait_until_no_backends(timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while worker_backends():
-        assert time.monotonic() < deadline, "the worker kept its connection after a failed task"
-        time.sleep(0.05)
 
 
 def test_worker__five_actions_in_a_row__one_connection_for_all_closed_after_a_failed_task(
@@ -66,7 +59,7 @@ def test_worker__five_actions_in_a_row__one_connection_for_all_closed_after_a_fa
     execute_action.delay(str(uuid.uuid4()))
 
     # Then the worker closes its connection rather than keep one the failure may have broken
-    wait_until_no_backends()
+    wait_until(lambda: not worker_backends(), "the worker closed its connection")
 
     # And the next task opens a new one and succeeds
     wait_for_status(propose_refund(world, amount_cents=100), Status.SUCCEEDED)

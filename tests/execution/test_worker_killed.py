@@ -21,12 +21,11 @@ import pytest
 from django.utils import timezone
 
 from apps.actions.models import Action, Status
-from apps.sandbox.models import FaultMode
 from apps.sandbox.selectors import effect_count, refunds_for
-from apps.sandbox.services import faults_set
 from tests.execution.conftest import (
     RAN_ONCE,
     ROOMY_ORDER,
+    SandboxHold,
     SandboxRequest,
     Worker,
     World,
@@ -34,6 +33,7 @@ from tests.execution.conftest import (
     propose_refund,
     trail_of,
     wait_for_status,
+    wait_until,
     worker_kill,
     worker_start,
 )
@@ -44,12 +44,12 @@ from tests.execution.conftest import (
 # (A worker with this timeout restores every task left unacknowledged for longer, whatever its
 # queue: the tests before this one leave none behind.)
 VISIBILITY_TIMEOUT = 3
-SLOW_SANDBOX_MS = 2_000
-# The lease is the tool's timeout plus the margin: 5 + 1 = 6 s here. As in production (40 s by
-# default, against a visibility timeout of an hour), it has ended by the time the message comes
-# back (the visibility timeout, then a worker's start), so the redelivery takes it over at once.
-# (test_leases.py has a second delivery arrive while a dead worker's lease still runs.)
-TOOL_TIMEOUT_SECONDS = 5.0
+# The lease is the tool's timeout plus the margin: 10 + 1 = 11 s here. The timeout only has to
+# outlast the moment between the call reaching the sandbox and the kill. The redelivery (the
+# visibility timeout, then a worker's start) takes the lease over once it has ended, at once
+# or after coming back at its end. (test_leases.py has a second delivery arrive while a dead
+# worker's lease still runs.)
+TOOL_TIMEOUT_SECONDS = 10.0
 LEASE_MARGIN_SECONDS = 1
 
 
@@ -58,6 +58,7 @@ def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
     world: World,
     own_queue: str,
     sandbox_requests: list[SandboxRequest],
+    sandbox_hold: SandboxHold,
     workers: list[Worker],
 ) -> None:
     env = {
@@ -66,38 +67,34 @@ def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
     }
     world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
     world.tool.save()
-    # Given a worker whose prefork child runs the task, and a sandbox slow enough that the
-    # refund call is still in flight when the worker dies
+    # Given a worker whose prefork child runs the task, and a sandbox that keeps the refund
+    # call in flight until the worker has died
     workers.append(worker_start(queue=own_queue, name="first", env=env))
-    faults_set(mode=FaultMode.SLOW, delay_ms=SLOW_SANDBOX_MS)
     action = propose_refund(world, amount_cents=3_000)
-    running = wait_for_status(action, Status.RUNNING, timeout=15)
+    running = wait_for_status(action, Status.RUNNING)
     assert running.started_at is not None
     assert running.lease_expires_at is not None
     lease = running.lease_expires_at - running.started_at
     assert lease.total_seconds() == TOOL_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS
-    deadline = time.monotonic() + 10
-    while not calls_with(sandbox_requests, f"esc-{action.pk}"):
-        assert time.monotonic() < deadline, "the worker's call never reached the sandbox"
-        time.sleep(0.02)
+    wait_until(
+        lambda: calls_with(sandbox_requests, f"esc-{action.pk}") == 1,
+        "the worker's call reached the sandbox",
+    )
     assert not refunds_for(ROOMY_ORDER).exists()
 
     # When the worker's whole process group is killed mid-call
     worker_kill(workers[0])
     # ... the orphaned call still lands in the sandbox (its caller is gone, not the request)
-    deadline = time.monotonic() + 10
-    while not refunds_for(ROOMY_ORDER).exists():
-        assert time.monotonic() < deadline, "the orphaned call never made its refund"
-        time.sleep(0.05)
+    sandbox_hold.release()
+    wait_until(lambda: refunds_for(ROOMY_ORDER).exists(), "the orphaned call made its refund")
     assert Action.objects.get(pk=action.pk).status == Status.RUNNING
-    faults_set(mode=FaultMode.HEALTHY)
     # ... and a second worker starts on the same queue once the message is visible again
     visible_again = running.started_at.timestamp() + VISIBILITY_TIMEOUT + 1
     time.sleep(max(0.0, visible_again - timezone.now().timestamp()))
     workers.append(worker_start(queue=own_queue, name="second", env=env))
 
     # Then the action ends succeeded, once, with exactly one refund in the sandbox
-    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED, timeout=20)
+    done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
     assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[1].log()}"
     refunds = list(refunds_for(ROOMY_ORDER))
     assert len(refunds) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import ROOT, database_url_for_subprocess
+from tests.conftest import ROOT, WORKER_START_SECONDS, database_url_for_subprocess
 from tests.execution.conftest import (  # noqa: F401 (fixtures)
     sandbox_requests,
     sandbox_url,
@@ -35,10 +36,23 @@ from tests.execution.conftest import (  # noqa: F401 (fixtures)
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free loopback port below the range the system picks local ports of outgoing
+    connections from. A server stopped and started again on its port (the relay, the test's
+    Redis) must find it free: in that range, a client's connection made in between (a busy
+    machine makes many) could have taken it."""
+    first_ephemeral = 32768
+    with contextlib.suppress(OSError, ValueError):
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    low = 10_000 if first_ephemeral > 11_000 else 1_024
+    for _ in range(1_000):
+        port = random.randrange(low, first_ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port between {low} and {first_ephemeral}")
 
 
 @dataclass
@@ -80,7 +94,7 @@ class Relay:
             except OSError:
                 return  # stopped
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
             except OSError:
                 client.close()
                 continue
@@ -138,7 +152,7 @@ def web_start(*, env: dict[str, str]) -> WebProcess:
         process = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn", "controlplane.wsgi", "--workers", "1",
-                "--bind", f"127.0.0.1:{port}", "--timeout", "30",
+                "--bind", f"127.0.0.1:{port}", "--timeout", "120",
             ],
             cwd=ROOT,
             env={**os.environ, "LOG_FORMAT": "text", **env},
@@ -147,10 +161,10 @@ def web_start(*, env: dict[str, str]) -> WebProcess:
             start_new_session=True,
         )  # fmt: skip
     web = WebProcess(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + WORKER_START_SECONDS
     while True:
         try:
-            urllib3.request("GET", f"{web.url}/accounts/login/", timeout=2, retries=False)
+            urllib3.request("GET", f"{web.url}/accounts/login/", timeout=30, retries=False)
             return web
         except urllib3.exceptions.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:

@@ -1,10 +1,10 @@
 """Redis (the broker) stops while proposals keep arriving: the API keeps deciding and recording,
 no allowed action is lost, and once Redis is back every allowed action executes exactly once.
 
-The broker here is a redis-server of the test's own, killed outright (SIGKILL: no shutdown, every
-message it held gone, every connection reset) and started again, empty, on the same port. A real
-web process (gunicorn) and a real Celery worker use it; the system of record is the sandbox,
-served by the live server.
+The broker here is a Valkey server of the test's own (the embedded servers' binary), killed
+outright (SIGKILL: no shutdown, every message it held gone, every connection reset) and started
+again, empty, on the same port. A real web process (gunicorn) and a real Celery worker use it;
+the system of record is the sandbox, served by the live server.
 
 Why a sweeper and not a transactional outbox: the gate already writes every allowed action
 `queued` in the transaction that decides it, so the actions table is the outbox. The message to
@@ -39,9 +39,18 @@ from apps.actions.tasks import requeue_actions
 from apps.audit.models import AuditEvent
 from apps.registry.services import agent_key_create
 from apps.sandbox.selectors import effect_count
+from controlplane.embedded import valkey_bin
 from tests.actions.conftest import proposal_body
-from tests.conftest import ROOT, database_url_for_subprocess
-from tests.execution.conftest import SandboxRequest, Worker, World, calls_with, worker_stop
+from tests.conftest import ROOT, WORKER_START_SECONDS, database_url_for_subprocess, worker_answers
+from tests.execution.conftest import (
+    WAIT_SECONDS,
+    SandboxRequest,
+    Worker,
+    World,
+    calls_with,
+    wait_until,
+    worker_stop,
+)
 from tests.faults.conftest import WebProcess, free_port, web_start, web_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,14 +59,16 @@ REQUEUE_AFTER_SECONDS = 2
 # An agent waits seconds for the gate's answer, not tens of seconds; the answer takes well under
 # one second, Redis up or down. (A proposal that waited on the broker would take ~20 s.)
 ANSWER_TIMEOUT = 10.0
+# Requests whose answer time is not the subject: a ceiling only.
+REQUEST_TIMEOUT = 60.0
 # Seeded sandbox order 1013 holds 620.00 EUR: room for every 5.00 EUR refund proposed here.
 ORDER = "1013"
 
 
 @dataclass
 class RedisServer:
-    """A redis-server of the test's own on a fixed loopback port, that can be killed and
-    started again (empty: no persistence, as a Redis that lost its memory)."""
+    """A Valkey server (the Redis protocol) of the test's own on a fixed loopback port, that can
+    be killed and started again (empty: no persistence, as a Redis that lost its memory)."""
 
     folder: Path
     port: int = field(default_factory=free_port)
@@ -75,22 +86,22 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                str(valkey_bin()), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.folder),
                 "--logfile", str(self.folder / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        deadline = time.monotonic() + 15
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=5)
+        deadline = time.monotonic() + WAIT_SECONDS
         while True:
             try:
                 client.ping()
                 return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
+                    raise RuntimeError("the test's Valkey server did not start") from None
                 time.sleep(0.05)
             finally:
                 client.close()
@@ -156,7 +167,7 @@ def worker_start_on(broker: RedisServer, *, queue: str) -> Worker:
             start_new_session=True,
         )  # fmt: skip
     worker = Worker(process, node, log_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + WORKER_START_SECONDS
     while not answers_ping(broker, node):
         if process.poll() is not None or time.monotonic() > deadline:
             output = worker.log()
@@ -167,7 +178,7 @@ def worker_start_on(broker: RedisServer, *, queue: str) -> Worker:
 
 def answers_ping(broker: RedisServer, node: str) -> bool:
     try:
-        return bool(broker.celery.control.ping(destination=[node], timeout=0.5))
+        return worker_answers(node, broker.celery)
     except (redis.ConnectionError, OperationalError):
         return False  # (this client's own connection went down with the server: next time)
 
@@ -183,7 +194,12 @@ def services_env(broker: RedisServer, queue: str) -> dict[str, str]:
 
 
 def post_proposal(
-    web: WebProcess, key: str, idempotency_key: str, *, amount_cents: int = 500
+    web: WebProcess,
+    key: str,
+    idempotency_key: str,
+    *,
+    amount_cents: int = 500,
+    timeout: float = REQUEST_TIMEOUT,
 ) -> urllib3.BaseHTTPResponse:
     params = {"order_id": ORDER, "amount_cents": amount_cents, "currency": "EUR", "reason": "x"}
     body = proposal_body(
@@ -196,25 +212,20 @@ def post_proposal(
         f"{web.url}/api/v1/actions",
         body=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        timeout=ANSWER_TIMEOUT,
+        timeout=timeout,
         retries=False,
     )
 
 
-def propose_allowed(web: WebProcess, key: str, idempotency_key: str) -> str:
+def propose_allowed(
+    web: WebProcess, key: str, idempotency_key: str, *, timeout: float = REQUEST_TIMEOUT
+) -> str:
     """Propose one refund the book allows; assert the gate's normal answer; its action id."""
-    answer = post_proposal(web, key, idempotency_key)
+    answer = post_proposal(web, key, idempotency_key, timeout=timeout)
     assert answer.status == 201, (answer.status, answer.data, web.log()[-3000:])
     body = json.loads(answer.data)
     assert (body["decision"], body["status"]) == ("allow", "queued"), body
     return str(body["id"])
-
-
-def wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting until {what}"
-        time.sleep(0.1)
 
 
 def statuses(action_ids: list[str]) -> list[str]:
@@ -255,8 +266,8 @@ def test_redis_stops_while_proposals_arrive__all_decided_recorded_then_each_runs
 
     # When Redis dies, and refund-bot keeps proposing
     broker.kill()
-    during = [propose_allowed(web, key, f"during-{n}") for n in range(5)]
-    held = post_proposal(web, key, "during-held", amount_cents=6_000)
+    during = [propose_allowed(web, key, f"during-{n}", timeout=ANSWER_TIMEOUT) for n in range(5)]
+    held = post_proposal(web, key, "during-held", amount_cents=6_000, timeout=ANSWER_TIMEOUT)
     held_answer = json.loads(held.data)
 
     # Then every proposal got its normal answer at once (201, allow, queued: checked as

@@ -25,6 +25,10 @@ from tests.faults.conftest import Relay, web_start, web_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# A ceiling for one request to the web process: never reached on a healthy run, busy machine or
+# not (the answers asserted here come at once, the database up or down).
+REQUEST_TIMEOUT = 60
+
 
 def post_proposal(url: str, key: str, idempotency_key: str) -> urllib3.BaseHTTPResponse:
     return urllib3.request(
@@ -32,7 +36,7 @@ def post_proposal(url: str, key: str, idempotency_key: str) -> urllib3.BaseHTTPR
         f"{url}/api/v1/actions",
         body=json.dumps(proposal_body(idempotency_key=idempotency_key)).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        timeout=20,
+        timeout=REQUEST_TIMEOUT,
         retries=False,
     )
 
@@ -40,7 +44,12 @@ def post_proposal(url: str, key: str, idempotency_key: str) -> urllib3.BaseHTTPR
 def get(url: str, path: str, cookie: str = "") -> urllib3.BaseHTTPResponse:
     headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}
     return urllib3.request(
-        "GET", f"{url}{path}", headers=headers, timeout=20, retries=False, redirect=False
+        "GET",
+        f"{url}{path}",
+        headers=headers,
+        timeout=REQUEST_TIMEOUT,
+        retries=False,
+        redirect=False,
     )
 
 

@@ -72,7 +72,7 @@ def test_oncall__pause_refund_bot_then_roll_back_last_3__orders_restored(
     # When refund-bot proposes again, it is blocked, and the proof page shows it by itself
     blocked = propose_refund(world, amount_cents=1_000, order_id="1006")
     assert blocked.status == Status.BLOCKED
-    expect(page.get_by_test_id("blocked-since")).to_have_text("1", timeout=15_000)
+    expect(page.get_by_test_id("blocked-since")).to_have_text("1")
 
     # When she rolls back its last 3 refunds from the console
     page.goto(f"{live_server.url}/oncall/")
@@ -85,9 +85,7 @@ def test_oncall__pause_refund_bot_then_roll_back_last_3__orders_restored(
     page.get_by_role("button", name="Roll back 3 actions").click()
 
     # Then she sees it progress to the end, each refund undone, newest first
-    expect(page.get_by_test_id("rollback-status")).to_have_text(
-        "Finished: 3 of 3 handled.", timeout=30_000
-    )
+    expect(page.get_by_test_id("rollback-status")).to_have_text("Finished: 3 of 3 handled.")
     rows = page.locator("#rollback-report tbody tr")
     expect(rows).to_have_count(3)
     expect(rows.nth(0)).to_contain_text("order:1005")

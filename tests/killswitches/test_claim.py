@@ -1,5 +1,5 @@
 """The claim: queued -> running in one statement with the kill-switch check, a start time and
-a lease, on PostgreSQL; the same on the embedded default (SQLite) through the ORM."""
+a lease."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -23,7 +21,6 @@ from apps.audit.models import AuditEvent
 from apps.killswitches.fence import fence_for_engage
 from apps.killswitches.models import KillSwitch
 from apps.killswitches.switches import switch_engage
-from tests.embedded import run_embedded
 from tests.execution.conftest import own_queue  # noqa: F401 (fixture)
 from tests.factories import make_agent
 from tests.killswitches.conftest import Desk, executed, propose
@@ -292,55 +289,3 @@ def test_claim__switch_engaged_between_the_look_and_the_claim__refused(
     assert (claim.verdict, claim.status) == (Claim.REFUSED, Status.QUEUED)
     stored = Action.objects.get(pk=action.pk)
     assert (stored.status, stored.started_at) == (Status.QUEUED, None)
-
-
-SQLITE_SCRIPT = """
-import json
-from decimal import Decimal
-import django
-django.setup()
-from django.core.management import call_command
-from django.db import connection
-from apps.accounts.roles import Role
-from apps.accounts.services import user_create
-from apps.actions.execution import _claim, action_execute
-from apps.actions.models import Action
-from apps.killswitches.fence import fence_for_engage
-from apps.killswitches.models import KillSwitch
-from apps.killswitches.switches import switch_engage
-from apps.registry.models import Agent, Tool, Workflow
-
-assert connection.vendor == "sqlite", connection.vendor
-call_command("migrate", verbosity=0)
-flow = Workflow.objects.create(slug="refunds", name="Refunds")
-tool = Tool.objects.create(slug="close_ticket", name="Close ticket", connector="callable",
-                           callable_path="tests.killswitches.tools.close_ticket")
-owner = user_create(username="owner", password="a-long-password-1", roles=[Role.ADMIN])
-agent = Agent.objects.create(slug="refund-bot", name="Refund bot", owner=owner)
-def queued(n):
-    return Action.objects.create(agent=agent, workflow=flow, tool=tool, status="queued",
-                                 decision="allow", params={"ticket_id": f"T-{n}"})
-first, second = queued(1), queued(2)
-claim = _claim(first.pk)
-stored = Action.objects.get(pk=first.pk)
-lease = (stored.lease_expires_at - stored.started_at).total_seconds()
-again = _claim(first.pk)
-switch_engage(scope="agent", target="refund-bot", reason="stop", actor="dana", via="api")
-refused = action_execute(action_id=second.pk)
-print(json.dumps({
-    "claim": [claim.verdict.value, claim.action.status, claim.action.started_at is not None],
-    "lease": lease,
-    "again": [again.verdict.value, again.status],
-    "refused": [refused.status, refused.note, Action.objects.get(pk=second.pk).status,
-                Action.objects.get(pk=second.pk).started_at is None],
-}))
-"""
-
-
-def test_claim__embedded_sqlite__claims_once_and_refuses_under_a_switch(tmp_path: Path) -> None:
-    result: dict[str, Any] = run_embedded(SQLITE_SCRIPT, tmp_path)
-
-    assert result["claim"] == ["claimed", "running", True]
-    assert result["lease"] == pytest.approx(10.0 + settings.ACTION_LEASE_MARGIN_SECONDS, abs=1e-3)
-    assert result["again"] == ["not queued", "running"]
-    assert result["refused"] == ["queued", "held by a kill switch", "queued", True]

@@ -7,6 +7,7 @@ These tests commit (the quarantine runs in its own transaction once the gate's h
 from __future__ import annotations
 
 import socket
+import uuid
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action, Status
 from apps.audit.models import AuditEvent
 from apps.killswitches import counters as counters_module
-from apps.killswitches.counters import LocalCounters, window
+from apps.killswitches.counters import counters, window
 from apps.killswitches.firewall import firewall_proposal
 from apps.killswitches.models import KillSwitch
 from apps.killswitches.switches import switch_release
@@ -110,14 +111,20 @@ def test_rate__usual_rate_times_multiple__sets_the_limit_above_the_floor(
 
 
 def test_counters__window_sums_recent_buckets_only() -> None:
-    counters = LocalCounters()
+    # Subjects of this test alone: the counters live in the suite's Redis
+    a, b = f"test-{uuid.uuid4().hex}", f"test-{uuid.uuid4().hex}"
     short = window("w", 10, buckets=10)
-    assert counters.add("a", [short]) == [1]
-    assert counters.add("a", [short]) == [2]
-    assert counters.add("b", [short]) == [1]
-    assert counters.add("a", [short], bump=False) == [2]
-    counters.clear("a")
-    assert counters.add("a", [short], bump=False) == [0]
+    store = counters()
+    try:
+        assert store.add(a, [short]) == [1]
+        assert store.add(a, [short]) == [2]
+        assert store.add(b, [short]) == [1]
+        assert store.add(a, [short], bump=False) == [2]
+        store.clear(a)
+        assert store.add(a, [short], bump=False) == [0]
+    finally:
+        store.clear(a)
+        store.clear(b)
 
 
 def test_denials__repeated_forbids__quarantined(desk: Desk, settings: Any) -> None:

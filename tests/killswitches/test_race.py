@@ -2,11 +2,12 @@
 Celery worker processes (real PostgreSQL and Redis), on-call engages a switch; afterwards no
 action it covers has a start time after the engage time, and the proof says so.
 
-Each action takes 300 ms in its tool and the two workers run four at a time, fewer than the
-gate admits, so a backlog builds up: the switch is engaged only once the flow has run a while
-and work of refund-bot is queued, and the proposals go on until some have been blocked by it.
-The workers must refuse the backlog at the claim, while actions already claimed run to their
-end."""
+Each action takes 300 ms in its tool and the two workers run four at a time. Once the flow has
+run a while, the tool calls are held (tools.SLOW_NOOP_HOLD), so that a backlog builds up however
+fast this machine proposes; the switch is engaged once work of both agents is queued, the moment
+the calls are let go, while the workers come back for more; and the proposals go on until some
+have been blocked by it. The workers must refuse the backlog at the claim, while actions already
+claimed run to their end."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import Count
 
 from apps.accounts.roles import Role
 from apps.actions.gate import Proposal, action_propose
@@ -38,14 +41,17 @@ from tests.execution.conftest import (
     worker_stop,
 )
 from tests.factories import make_agent, make_published_book, make_workflow
+from tests.killswitches.tools import SLOW_NOOP_HOLD
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ENGAGE_AFTER_PROPOSED = 200  # both agents together
 ENGAGE_AFTER_STARTED = 30  # of refund-bot
-ENGAGE_WITH_QUEUED = 10  # of refund-bot, waiting for a worker
+ENGAGE_WITH_QUEUED = 10  # of each agent, waiting for a worker
 STOP_AFTER_BLOCKED = 5  # of refund-bot, after the engage
 MAX_PER_AGENT = 2_000
+# Ceilings of the waits below: never reached on a healthy run, however busy the machine.
+WAIT_SECONDS = 240
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"n": {"type": "integer", "minimum": 0}},
@@ -65,6 +71,7 @@ CONTROLS: dict[str, Any] = {
 class Flow:
     keys: dict[str, AgentKey]  # refund-bot and invoice-matcher
     workers: list[Worker]
+    hold: Path  # while it exists, the workers' tool calls do not return
 
     def diagnosis(self) -> str:
         """What is unfinished, and the end of each worker's log, for a failure message."""
@@ -78,7 +85,12 @@ class Flow:
 
 
 @pytest.fixture
-def flow(user_for: Any, own_queue: str, settings: Any) -> Iterator[Flow]:  # noqa: F811
+def flow(
+    user_for: Any,
+    own_queue: str,  # noqa: F811
+    settings: Any,
+    tmp_path: Path,
+) -> Iterator[Flow]:
     # Hundreds of proposals a minute from one agent: the firewall's rate limit is not the
     # subject here.
     settings.FIREWALL_RATE_FLOOR = 1_000_000
@@ -96,14 +108,17 @@ def flow(user_for: Any, own_queue: str, settings: Any) -> Iterator[Flow]:  # noq
         agent = make_agent(slug, owner=user_for(Role.ADMIN), workflows=[workflow], tools=[tool])
         keys[slug] = agent_key_create(agent=agent, actor="system:test").record
     make_published_book(workflow=workflow, author=user_for(Role.RISK), values=CONTROLS)
+    hold = tmp_path / "hold"
+    env = {SLOW_NOOP_HOLD: str(hold)}
     workers: list[Worker] = []
     try:
         for name in ("race-a", "race-b"):
             workers.append(
-                worker_start(queue=own_queue, name=name, env={}, pool="threads", concurrency=2)
+                worker_start(queue=own_queue, name=name, env=env, pool="threads", concurrency=2)
             )
-        yield Flow(keys, workers)
+        yield Flow(keys, workers, hold)
     finally:
+        hold.unlink(missing_ok=True)
         for worker in workers:
             worker_stop(worker)
 
@@ -137,7 +152,7 @@ def propose_all(flow: Flow, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def wait_until(condition: Any, timeout: float, what: str, flow: Flow) -> None:
+def wait_until(condition: Any, what: str, flow: Flow, timeout: float = WAIT_SECONDS) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {flow.diagnosis()}"
@@ -164,6 +179,17 @@ def of_refund_bot(**conditions: Any) -> int:
     return Action.objects.filter(agent__slug="refund-bot", **conditions).count()
 
 
+def queued_of_each() -> int:
+    """The fewest actions waiting for a worker, of either agent."""
+    counts = dict(
+        Action.objects.filter(status=Status.QUEUED)
+        .values("agent__slug")
+        .annotate(n=Count("pk"))
+        .values_list("agent__slug", "n")
+    )
+    return min(counts.get(slug, 0) for slug in ("refund-bot", "invoice-matcher"))
+
+
 def race(flow: Flow, *, scope: str, target: str) -> KillSwitch:
     stop = threading.Event()
     proposer = propose_all(flow, stop)
@@ -172,29 +198,32 @@ def race(flow: Flow, *, scope: str, target: str) -> KillSwitch:
             lambda: (
                 Action.objects.count() >= ENGAGE_AFTER_PROPOSED
                 and started("refund-bot") >= ENGAGE_AFTER_STARTED
-                and of_refund_bot(status=Status.QUEUED) >= ENGAGE_WITH_QUEUED
             ),
-            120,
-            "the flow to run with a backlog",
+            "the flow to run a while",
             flow,
         )
+        # The workers fall behind: their tool calls wait, while the gate goes on admitting
+        flow.hold.touch()
+        wait_until(lambda: queued_of_each() >= ENGAGE_WITH_QUEUED, "a backlog of each agent", flow)
+        # ... and come back for more as the switch is engaged: their claims race the engage
+        flow.hold.unlink()
         switch = switch_engage(
             scope=scope, target=target, reason="race test", actor="dana", via="api"
         )
         wait_until(
             lambda: of_refund_bot(status=Status.BLOCKED) >= STOP_AFTER_BLOCKED,
-            60,
             "proposals blocked by the switch",
             flow,
         )
     finally:
+        flow.hold.unlink(missing_ok=True)
         stop.set()
-        proposer.join(timeout=60)
+        proposer.join(timeout=WAIT_SECONDS)
     assert not proposer.is_alive()
     # Let the workers go through what was queued: finish the rest, refuse what is covered.
-    wait_until(lambda: settled(switch), 120, "the workers to settle", flow)
+    wait_until(lambda: settled(switch), "the workers to settle", flow)
     time.sleep(1.0)
-    wait_until(lambda: settled(switch), 60, "the workers to settle", flow)
+    wait_until(lambda: settled(switch), "the workers to settle", flow)
     switch.refresh_from_db()
     return switch
 

@@ -19,12 +19,16 @@ from apps.reviews.services import DecisionInput, review_decide
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PARAMS = {"order_id": "1005", "currency": "EUR", "reason": "parcel arrived damaged"}
+# Ceilings for one request to the live server, and for a wait on a person or the worker: never
+# reached on a healthy run, however busy the machine.
+REQUEST_TIMEOUT = 60
+WAIT_TIMEOUT = 120
 
 
 @pytest.fixture
 def gate(demo_world: str, live_server: Any, client_module: Any, own_queue: str) -> Any:
     key = agent_key_create(agent=Agent.objects.get(slug="refund-bot"), actor="system:test").key
-    return client_module.Escapement(live_server.url, key=key, timeout=5)
+    return client_module.Escapement(live_server.url, key=key, timeout=REQUEST_TIMEOUT)
 
 
 def test_propose__small_refund__allowed_and_decided(gate: Any) -> None:
@@ -70,7 +74,7 @@ def test_wait__held_action__times_out_then_sees_the_approval(
 
     approver = threading.Thread(target=approve)
     approver.start()
-    decided = gate.wait(action.id, until="decided", timeout=10, interval=0.1)
+    decided = gate.wait(action.id, until="decided", timeout=WAIT_TIMEOUT, interval=0.1)
     approver.join()
     # Then the wait ends with the approved action on its way
     assert decided.status == "queued"
@@ -95,7 +99,7 @@ def test_governed__allowed_call__run_by_a_worker_returns_the_result(
 ) -> None:
     # Given a tool function put behind the gate
     key = agent_key_create(agent=Agent.objects.get(slug="refund-bot"), actor="system:test").key
-    gate = client_module.Escapement(live_server.url, key=key, timeout=5)
+    gate = client_module.Escapement(live_server.url, key=key, timeout=REQUEST_TIMEOUT)
 
     def issue_refund_body(order_id: str, amount_cents: int, currency: str, reason: str) -> Any:
         """Refund part of an order."""
@@ -106,7 +110,7 @@ def test_governed__allowed_call__run_by_a_worker_returns_the_result(
         tool="issue_refund",
         subject=lambda params: f"order:{params['order_id']}",
         confidence=0.95,
-        timeout=20,
+        timeout=WAIT_TIMEOUT,
     )(issue_refund_body)
 
     # When the agent calls it for a small refund

@@ -29,7 +29,7 @@ def provider(fake: FakeOpenAI, *, retries: int = 1, threshold: int = 5) -> OpenA
     )
 
 
-def request(timeout: float = 2.0) -> ModelRequest:
+def request(timeout: float = 30.0) -> ModelRequest:
     return ModelRequest(
         task="classify_request",
         tier="small",

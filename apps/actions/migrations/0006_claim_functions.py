@@ -14,13 +14,9 @@ the statement after the fence sees every switch committed before the fence was g
   queued and no engaged switch covers it, with the start time and the lease; says what it found
   (the status, whether a switch covers it) and whether it moved it. The UPDATE re-checks the
   status on the row's newest version if another claim or a drain changed it meanwhile, so of two
-  claims only one moves it.
-
-SQLite (the embedded default) claims through the ORM and has no such functions."""
+  claims only one moves it."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from django.db import migrations
 
@@ -77,20 +73,10 @@ DROP FUNCTION IF EXISTS actions_claim_look(uuid);
 """
 
 
-def install(apps: Any, schema_editor: Any) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(UP, params=None)
-
-
-def remove(apps: Any, schema_editor: Any) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DOWN, params=None)
-
-
 class Migration(migrations.Migration):
     dependencies = [
         ("actions", "0005_workflow_time_index"),
         ("killswitches", "0002_drains_rollbacks_quarantine"),
         ("registry", "0002_agent_callbacks"),
     ]
-    operations = [migrations.RunPython(install, remove)]
+    operations = [migrations.RunSQL([UP], [DOWN])]

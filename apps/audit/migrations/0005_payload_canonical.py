@@ -1,10 +1,9 @@
 """Each audit event keeps its payload exactly as digested (canonical JSON), so that the chain can
 be verified inside PostgreSQL.
 
-The column is nullable and has no default: both databases add it in place, writing no row, so
-the append-only triggers are neither tripped nor dropped (SQLite adds such a column without
-rebuilding the table). Events written before it have none; their digests are recomputed from
-the payload in Python."""
+The column is nullable and has no default: PostgreSQL adds it in place, writing no row, so the
+append-only trigger is neither tripped nor dropped. Events written before it have none; their
+digests are recomputed from the payload in Python."""
 
 from __future__ import annotations
 

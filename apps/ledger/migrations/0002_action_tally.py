@@ -1,18 +1,14 @@
 """The action tally: a trigger on the actions table appends +1/-1 rows to ledger_actiontally
 whenever an action is created, changes state (or any other counted column) or is deleted; the
 existing actions are counted in the same transaction, after the trigger is in place and while
-its creation keeps writers out, so that no action is counted twice or missed.
-
-PostgreSQL only: on the embedded SQLite default the balance sheet counts the actions directly
-(see apps/ledger/tallies.py)."""
+its creation keeps writers out, so that no action is counted twice or missed (see
+apps/ledger/tallies.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import migrations, models
 
-POSTGRES_UP = """
+UP = """
 CREATE FUNCTION ledger_action_tally() RETURNS trigger AS $$
 BEGIN
   IF TG_OP = 'UPDATE' OR TG_OP = 'DELETE' THEN
@@ -52,21 +48,11 @@ SELECT workflow_id,
   FROM actions_action
  GROUP BY 1, 2, 3, 4, 5;
 """
-POSTGRES_DOWN = """
+DOWN = """
 DROP TRIGGER IF EXISTS ledger_action_tally_update ON actions_action;
 DROP TRIGGER IF EXISTS ledger_action_tally_insert_delete ON actions_action;
 DROP FUNCTION IF EXISTS ledger_action_tally();
 """
-
-
-def install(apps: Any, schema_editor: Any) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_UP, params=None)
-
-
-def remove(apps: Any, schema_editor: Any) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_DOWN, params=None)
 
 
 class Migration(migrations.Migration):
@@ -109,5 +95,5 @@ class Migration(migrations.Migration):
                 ]
             },
         ),
-        migrations.RunPython(install, remove),
+        migrations.RunSQL([UP], [DOWN]),
     ]

@@ -8,9 +8,10 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.accounts.demo import demo_users_ensure
+from apps.accounts.demo import DEMO_COLLEAGUES, demo_colleagues_ensure, demo_users_ensure
 from apps.books.demo import DEMO_PORT, demo_world_ensure, sandbox_url
 from apps.runtime.demo import demo_runtime_ensure
+from apps.runtime.demo_colleagues import COLLEAGUE_AFTER
 from apps.sandbox.demo import sandbox_seed
 
 
@@ -37,6 +38,7 @@ class Command(BaseCommand):
             escalation_owner=User.objects.get(username="supervisor"),
             sandbox=sandbox_url(port),
         )
+        created += demo_colleagues_ensure()
         created += sandbox_seed()
         created += demo_runtime_ensure()
         if created:
@@ -49,3 +51,8 @@ class Command(BaseCommand):
         for login in logins:
             roles = ", ".join(role.value for role in login.roles)
             self.stdout.write(f"  {login.username:<11} {login.password:<14} {roles}")
+        self.stdout.write(
+            f"On duty in the demo's story (no login): {' and '.join(DEMO_COLLEAGUES)}, "
+            f"supervisors, decide the demo items nobody has claimed for "
+            f"{COLLEAGUE_AFTER.seconds // 60} minutes."
+        )

@@ -193,6 +193,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "ledger-tally-compact": {"task": "ledger.tally_compact", "schedule": 60.0},
     # SLO breaches and regressions: one alert each, resolved when over.
     "ledger-slo-check": {"task": "ledger.slo_check", "schedule": 60.0},
+    # Hosted runs: resume the steps whose held action a person decided, retry the lost ones
+    # (apps/runtime/services.py, docs/runtime.md).
+    "runtime-sweep": {"task": "runtime.sweep", "schedule": 3.0},
 }
 # A workflow's approval or override rate moving by this much (0.10 = 10 points) from one week
 # to the next raises a regression alert.

@@ -198,3 +198,13 @@ def test_secret_key__unset__processes_starting_together_share_one(tmp_path: Path
 def test_secret_key__too_short__refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"^SECRET_KEY: must be at least 32"):
         secret_key({"SECRET_KEY": "short"}, tmp_path)
+
+
+def test_beat_schedule__hosted_runs_swept__steps_resume_after_a_decision() -> None:
+    # Given the scheduler's schedule
+    from django.conf import settings
+
+    # Then the runtime sweep is on it, often: a run held for a person resumes once decided
+    entry = settings.CELERY_BEAT_SCHEDULE["runtime-sweep"]
+    assert entry["task"] == "runtime.sweep"
+    assert float(str(entry["schedule"])) <= 10

@@ -30,10 +30,11 @@ pytest: venv  ## the suite only (no lint); PYTEST_ARGS="-k name" narrows it
 fuzz: venv  ## the API fuzz, full size: FUZZ_EXAMPLES (2000) random cases per operation and mode
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} FUZZ_RANDOM=1 scripts/test-services.sh $(BIN)/python -m pytest tests/hostile/test_api_fuzz.py $(PYTEST_ARGS)
 
-lint: venv  ## ruff (lint + format check) and mypy
+lint: venv  ## ruff (lint + format check), mypy, and the import contracts of .importlinter
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 format: venv  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

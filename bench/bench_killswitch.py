@@ -12,7 +12,7 @@ of:
    backlog;
 2. once a few have started, the agent's switch is engaged in this process (`switch_engage`, as
    the console, the command and the API do). "engage" is the time from asking to committed: it
-   includes waiting for the claims in flight (apps/killswitches/fence.py);
+   includes waiting for the claims in flight (apps/killswitches/coverage.py);
 3. every action then either started before the switch, or was refused at the claim; each refusal
    is in its worker's log with the time it happened. "every worker refuses" is, per cycle, the
    time from the engage's commit to the first refusal of the slower of the two workers: from

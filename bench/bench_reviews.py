@@ -24,8 +24,8 @@ from apps.accounts.roles import Role
 from apps.actions.models import Action, Decision, Status
 from apps.books.models import BookVersion
 from apps.registry.models import Agent, Tool, Workflow
+from apps.reviews.items import queue_tally_rebuild
 from apps.reviews.models import Kind, ReviewItem, State
-from apps.reviews.services import queue_tally_rebuild
 from bench.bench_gate import BenchFailure, _check_services, _fixture, _migrate, _server_env, _user
 
 ITEMS = 100_000

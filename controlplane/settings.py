@@ -55,6 +55,8 @@ INSTALLED_APPS = [
     "apps.actions",
     "apps.sandbox",
     "apps.runtime",
+    # The living demo of `make run`, on top of the product: no product app imports it.
+    "apps.demo",
 ]
 
 MIDDLEWARE = [
@@ -104,7 +106,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "accounts:login"
-LOGIN_REDIRECT_URL = "core:home"
+LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "accounts:login"
 
 LANGUAGE_CODE = "en-us"
@@ -217,20 +219,20 @@ HEALTHZ_WORKER_TIMEOUT = env_float(ENV, "HEALTHZ_WORKER_TIMEOUT", 1.0)
 
 # --- Agent runtime --------------------------------------------------------------------------
 # Hosted agents (their steps and deterministic models) live in these modules.
-RUNTIME_AGENT_MODULES = ["apps.runtime.demo"]
+RUNTIME_AGENT_MODULES = ["apps.demo.agents"]
 # Which provider serves the small and frontier model tiers: MODEL_PROVIDER, MODEL_BASE_URL,
 # MODEL_API_KEY, MODEL_SMALL, MODEL_FRONTIER, ... (see docs/runtime.md).
 RUNTIME_MODELS = model_settings(ENV)
 # The share of a monthly budget that raises the soft-limit alert (workflow budgets; an agent's
 # budget carries its own).
 RUNTIME_SOFT_LIMIT_PERCENT = 80
-# The living demo: demo agents pick up demo work every DEMO_TRAFFIC_INTERVAL seconds while
-# DEMO_TRAFFIC is true (`make run` sets it); `manage.py demo_traffic off` pauses them.
+# The living demo (apps/demo): demo agents pick up demo work every DEMO_TRAFFIC_INTERVAL seconds
+# while DEMO_TRAFFIC is true (`make run` sets it); `manage.py demo_traffic off` pauses them.
 DEMO_TRAFFIC = env_bool(ENV, "DEMO_TRAFFIC", default=False)
 DEMO_TRAFFIC_INTERVAL = demo_interval(ENV)
 if DEMO_TRAFFIC:
-    CELERY_BEAT_SCHEDULE["runtime-demo"] = {
-        "task": "runtime.demo_tick",
+    CELERY_BEAT_SCHEDULE["demo-traffic"] = {
+        "task": "demo.tick",
         "schedule": DEMO_TRAFFIC_INTERVAL,
     }
 
@@ -277,7 +279,7 @@ FIREWALL_REDIS_URL = _broker.broker_url
 # Prometheus metrics at /metrics, for the scraper only: from METRICS_ALLOWED_IPS (addresses or
 # networks) or with `Authorization: Bearer <METRICS_TOKEN>`; with neither set, /metrics is a 404.
 # Several processes on a host share their counters through PROMETHEUS_MULTIPROC_DIR (see
-# apps/core/metrics.py and docs/deployment.md).
+# controlplane/metrics.py and docs/deployment.md).
 METRICS_ALLOWED_IPS = metrics_networks(ENV)
 METRICS_TOKEN = metrics_token(ENV)
 # Prometheus scrapes over plain HTTP inside the network, like the load balancer's /healthz.

@@ -3,9 +3,10 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from apps.accounts import views as accounts_views
 from apps.core import views as core_views
-from apps.core.metrics_views import metrics
 from controlplane.api import api
+from controlplane.metrics import metrics
 
 urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
@@ -23,7 +24,7 @@ urlpatterns = [
     # that the setting can change without reloading the URLconf).
     path("sandbox/", include("apps.sandbox.urls")),
     path("runtime/", include("apps.runtime.urls")),
-    path("", include("apps.core.urls")),
+    path("", accounts_views.home, name="home"),
 ]
 
 handler400 = "apps.core.views.bad_request"

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from apps.accounts.roles import Role
 from apps.audit.services import audit_record
+from apps.core.errors import ServiceError
 
 # Who acts: a user, "system:<what>" for a command or a seed, None for the system itself.
 Actor = AbstractBaseUser | AnonymousUser | str | None
@@ -32,13 +33,17 @@ FLAG_VERBS = (
 )
 
 
-class UserInputError(Exception):
-    """Bad input for a user operation; names the field at fault."""
+class UserInputError(ServiceError):
+    """Bad input for a user operation; names the field at fault.
+
+    Unlike the other service errors it is raised field first, and reads "field: message":
+    `manage.py create_user` prints it as it is, so the operator sees which option to fix."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+        super().__init__(message, field)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
 from apps.accounts.access import MissingRole
-from apps.accounts.roles import user_roles
+from apps.accounts.roles import Role, user_roles
 
 
 class LoginView(auth_views.LoginView):
@@ -16,6 +18,15 @@ class LoginView(auth_views.LoginView):
 
 class LogoutView(auth_views.LogoutView):
     pass
+
+
+@require_GET
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """The first page after signing in: the roles the person holds, and the pages they open."""
+    roles = user_roles(request.user)
+    held = [(role, role in roles) for role in Role]
+    return render(request, "accounts/home.html", {"roles": held})
 
 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 import urllib3
-from django.db import transaction
 from django.utils import timezone
 
+from apps.actions.dispatch import callback_dispatch
 from apps.actions.models import Action, CallbackDelivery, Status
 
 logger = logging.getLogger(__name__)
@@ -56,14 +56,7 @@ def callback_schedule(action: Action, status: str) -> CallbackDelivery | None:
     if not url:
         return None
     delivery = CallbackDelivery.objects.create(action=action, status=status, url=url)
-    delivery_id = delivery.pk
-
-    def send() -> None:
-        from apps.actions.tasks import deliver_callback
-
-        deliver_callback.delay(delivery_id)
-
-    transaction.on_commit(send)
+    callback_dispatch(delivery.pk)
     return delivery
 
 

@@ -10,7 +10,6 @@ worker killed mid-call, say) repeats the call harmlessly and the action ends onc
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +19,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -32,13 +31,14 @@ from apps.actions.breaker import (
     circuit_success,
 )
 from apps.actions.connectors import ConnectorFailure, call_tool, call_undo
+from apps.actions.metrics import EXECUTIONS
 from apps.actions.models import Action, Status
 from apps.actions.params import params_digest
 from apps.actions.states import Actor, IllegalTransition, transition, transition_record
 from apps.audit.services import audit_batch, audit_record
-from apps.core.metrics import EXECUTIONS
-from apps.killswitches.models import KillSwitch, Scope
+from apps.core.backoff import backoff
 from apps.registry.models import Tool
+from apps.reviews.items import review_open
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,6 @@ class Outcome:
     status: str
     retry_after: float | None = None
     note: str = ""
-
-
-def _switch_engaged() -> Exists:
-    """An engaged switch covering the action in the outer query (for a WHERE on actions)."""
-    return Exists(
-        KillSwitch.objects.filter(released_at__isnull=True).filter(
-            Q(scope=Scope.GLOBAL)
-            | Q(scope=Scope.WORKFLOW, target=OuterRef("workflow__slug"))
-            | Q(scope=Scope.AGENT, target=OuterRef("agent__slug"))
-            | Q(scope=Scope.TOOL, target=OuterRef("tool__slug"))
-        )
-    )
 
 
 # A delivery that finds the lease held comes back this long after the lease's end, so that it
@@ -135,17 +123,9 @@ def _lease_release(action: Action) -> None:
     ).update(lease_expires_at=Now())
 
 
-def backoff(attempt: int) -> float:
-    """Seconds before retry number `attempt` (1-based): exponential, capped, with jitter."""
-    delay: float = min(0.5 * 2.0 ** (attempt - 1), 30.0)
-    return delay * random.uniform(0.8, 1.2)  # noqa: S311
-
-
 def _escalate_failure(action: Action, error: str) -> Outcome:
     """failed, and a fallback review item for the book's escalation owner, in one transaction."""
-    from apps.reviews.services import review_open
-
-    owner = action.book_version.escalation_owner_id if action.book_version else None
+    owner = action.escalation_owner_id
     try:
         with transaction.atomic(), audit_batch():  # the chain head last (see action_execute)
             transition(
@@ -157,9 +137,7 @@ def _escalate_failure(action: Action, error: str) -> Outcome:
                 escalated_to_id=owner,
                 finished_at=timezone.now(),
             )
-            review_open(
-                action, "fallback", error=error, escalate_to_id=owner, actor="system:worker"
-            )
+            review_open(action, "fallback", error=error, escalate=True, actor="system:worker")
     except IllegalTransition as exc:
         # A duplicate delivery of the same action finished it first.
         return Outcome(exc.current, note="finished by another delivery")
@@ -223,7 +201,7 @@ def _read(action_id: UUID) -> Action:
 def _claim(action_id: UUID) -> ClaimResult:
     """Claim a queued action for execution: queued -> running, with the kill-switch check,
     a start time and a lease, in one statement behind the fence that orders claims and engages
-    (apps/killswitches/fence.py explains why both are needed), after a look that refuses at
+    (apps/killswitches/coverage.py explains why both are needed), after a look that refuses at
     once what a switch covers. A switch committed before the claim is always seen, and an
     action claimed before a switch's engage time always has an earlier start time: `started_at`
     is the database's clock, the one that stamps `engaged_at`. Raises Action.DoesNotExist for
@@ -338,8 +316,6 @@ def action_execute(*, action_id: UUID) -> Outcome:
                 finished_at=timezone.now(),
             )
             if action.spot_check:
-                from apps.reviews.services import review_open
-
                 review_open(action, "spot_check", actor="system:worker")
     except IllegalTransition as exc:
         # A duplicate delivery of the same action finished it first (same downstream key, so

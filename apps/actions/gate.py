@@ -9,25 +9,31 @@ actions are queued for a worker once that transaction commits.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
+from functools import wraps
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.actions.breaker import circuit_refusing
-from apps.actions.decision import Ruling, action_rule, active_version
+from apps.actions.decision import action_rule, active_version
+from apps.actions.dispatch import action_dispatch
+from apps.actions.metrics import GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS
 from apps.actions.models import Action, Decision, Status
-from apps.actions.params import ParamsInvalid, params_check, params_digest
-from apps.actions.states import IllegalTransition, can_transition, transition
-from apps.audit.services import audit_batch, audit_record
-from apps.core.metrics import gate_timed
+from apps.actions.params import ParamsInvalid, params_check
+from apps.actions.states import transition_insert
+from apps.audit.services import audit_batch
+from apps.killswitches.coverage import covering
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
-from apps.killswitches.models import KillSwitch, covering
+from apps.killswitches.models import KillSwitch
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
 from apps.registry.services import key_workflow_slugs
+from apps.reviews.items import review_open
+from apps.runtime.budgets import UsageRefused, usage_record
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,29 @@ class Proposal:
 class GateResult:
     action: Action
     created: bool
+
+
+def gate_timed[**P](propose: Callable[P, GateResult]) -> Callable[P, GateResult]:
+    """Wraps the gate: its latency, and each recorded decision or refusal
+    (apps/actions/metrics.py)."""
+
+    @wraps(propose)
+    def timed(*args: P.args, **kwargs: P.kwargs) -> GateResult:
+        started = time.perf_counter()
+        try:
+            result = propose(*args, **kwargs)
+        except GateRefusal as refusal:
+            GATE_REFUSALS.labels(str(refusal.status)).inc()
+            raise
+        finally:
+            GATE_SECONDS.observe(time.perf_counter() - started)
+        if result.created:
+            action = result.action
+            outcome = "blocked" if action.status == Status.BLOCKED else action.decision
+            GATE_DECISIONS.labels(action.workflow.slug, outcome).inc()
+        return result
+
+    return timed
 
 
 def _existing(agent: Agent, proposal: Proposal, params: dict[str, Any]) -> Action | None:
@@ -148,8 +177,6 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
             if proposal.usage:
                 # The model usage behind the proposal counts against the same budgets as a
                 # hosted agent's calls, in the same transaction as the action it produced.
-                from apps.runtime.budgets import UsageRefused, usage_record
-
                 try:
                     usage_record(action=action, usage=proposal.usage)
                 except UsageRefused as refused:
@@ -243,13 +270,13 @@ def _record(
                     "message": f"{tool.slug} is failing: {circuit.last_error}",
                 }
             ]
-            action.escalated_to_id = version.escalation_owner_id
+            action.escalated_to_id = action.escalation_owner_id
             _enter(action, agent, Status.PENDING_REVIEW)
             return _review(action, "fallback", error=action.reasons[0]["message"])
         action.queued_at = action.created_at = timezone.now()
         action.params_digest = ruling.digest
         _enter(action, agent, Status.APPROVED, Status.QUEUED)
-        _dispatch_on_commit(action)
+        action_dispatch(action.pk)
         return action
     _enter(action, agent, Status.PENDING_REVIEW)
     return _review(action, "hold")
@@ -257,31 +284,18 @@ def _record(
 
 def _review(action: Action, kind: str, *, error: str = "") -> Action:
     """Open the review item of a held action, in the gate's transaction."""
-    from apps.reviews.services import review_open
-
-    review_open(action, kind, error=error, escalate_to_id=action.escalated_to_id)
+    review_open(action, kind, error=error, escalate=action.escalated_to_id is not None)
     return action
 
 
 def _enter(action: Action, agent: Agent, *path: str) -> Action:
-    """Write a new action once, in the state it reaches along `path` from proposed.
-
-    Each step must be a transition of the state machine and is audited as one, exactly as
-    `transition` would record it; only the row is written once instead of once per step (the
-    gate's time is mostly its statements: see docs/benchmarks.md)."""
-    current: str = Status.PROPOSED
-    for step in path:
-        if not can_transition(current, step):
-            raise IllegalTransition(action.pk, current, step)
-        current = step
-    action.status = current
-    action.save(force_insert=True)
-    audit_record(
+    """Write the new action in the status the gate's decision reaches along `path`."""
+    return transition_insert(
+        action,
+        path,
         actor=f"agent:{agent.slug}",
-        verb="action.proposed",
-        target=action,
-        subject=action.subject,
-        data={
+        decider="system:gate",
+        proposed={
             "workflow": action.workflow.slug,
             "tool": action.tool.slug,
             "params": action.params,
@@ -290,135 +304,5 @@ def _enter(action: Action, agent: Agent, *path: str) -> Action:
             "idempotency_key": action.idempotency_key,
             "trace_id": action.trace_id,
         },
+        reported=False,
     )
-    previous: str = Status.PROPOSED
-    for step in path:
-        decided = previous == Status.PROPOSED
-        audit_record(
-            actor="system:gate" if decided else f"agent:{agent.slug}",
-            verb=f"action.{step}",
-            target=action,
-            subject=action.subject,
-            data={"from": previous, "to": step}
-            | ({"decision": action.decision, "reasons": action.reasons} if decided else {}),
-        )
-        previous = step
-    return action
-
-
-def _dispatch_on_commit(action: Action) -> None:
-    """Hand the action to a worker once the transaction commits. The action is recorded
-    `queued` either way: if the broker cannot take the message (Redis down), the proposal is
-    still answered and the requeue sweep (apps/actions/requeue.py) sends it again later."""
-    action_id = str(action.pk)
-    transaction.on_commit(lambda: _dispatch(action_id), robust=True)
-
-
-def _dispatch(action_id: str) -> None:
-    from apps.actions.tasks import execute_action
-
-    try:
-        execute_action.delay(action_id)
-    except Exception as exc:  # noqa: BLE001 (whatever the broker's failure, the action is kept)
-        logger.warning(
-            "broker refused action %s (%s); it stays queued for the requeue sweep",
-            action_id,
-            type(exc).__name__,
-        )
-
-
-def action_enqueue(
-    action: Action, *, ruling: Ruling, actor: str | Any, approval_expires_at: datetime | None
-) -> Action:
-    """approved -> queued with the params the ruling decided, and hand the id to a worker once
-    the transaction commits. The ruling must be of these very params: the worker runs nothing
-    else (and nothing once the approval has expired)."""
-    _check_ruling(action, ruling)
-    transition(
-        action,
-        Status.QUEUED,
-        actor=actor,
-        queued_at=timezone.now(),
-        params_digest=ruling.digest,
-        approval_expires_at=approval_expires_at,
-    )
-    _dispatch_on_commit(action)
-    return action
-
-
-def _check_ruling(action: Action, ruling: Ruling) -> None:
-    if not ruling.may_run_after_approval or ruling.digest != params_digest(action.params):
-        raise IllegalTransition(action.pk, action.status, Status.QUEUED)
-
-
-def action_retry(
-    original: Action,
-    *,
-    params: dict[str, Any],
-    ruling: Ruling,
-    actor: Any,
-    note: dict[str, Any],
-    approval_expires_at: datetime | None,
-) -> Action:
-    """Run a failed or drained action again, as a new action people approved, with the params
-    and under the book version of `ruling` (made for exactly these params, now).
-
-    The new action has its own id and so its own downstream idempotency key: the person has
-    judged that the first one had no effect (or should be repeated)."""
-    now = timezone.now()
-    retry = Action(
-        agent=original.agent,
-        key=None,
-        workflow=original.workflow,
-        tool=original.tool,
-        book_version=ruling.version,
-        status=Status.QUEUED,
-        decision=ruling.decision,
-        reasons=[
-            *ruling.reasons,
-            {
-                "policy": "human-retry",
-                "message": f"Run again by a person after action {original.pk} "
-                f"ended {original.status}",
-            },
-        ],
-        params=params,
-        subject=original.subject,
-        confidence=original.confidence,
-        reasoning=original.reasoning,
-        evidence=original.evidence,
-        trace_id=original.trace_id,
-        segment=original.segment,
-        created_at=now,
-        queued_at=now,
-        params_digest=ruling.digest,
-        approval_expires_at=approval_expires_at,
-    )
-    _check_ruling(retry, ruling)
-    retry.save(force_insert=True)
-    audit_record(
-        actor=actor,
-        verb="action.proposed",
-        target=retry,
-        subject=retry.subject,
-        data={
-            "retry_of": str(original.pk),
-            "params": params,
-            "book_version": ruling.version.number if ruling.version else None,
-            **note,
-        },
-    )
-    previous: str = Status.PROPOSED
-    for step in (Status.APPROVED, Status.QUEUED):
-        decided = previous == Status.PROPOSED
-        audit_record(
-            actor=actor,
-            verb=f"action.{step}",
-            target=retry,
-            subject=retry.subject,
-            data={"from": previous, "to": step}
-            | ({"decision": retry.decision, "reasons": retry.reasons} if decided else {}),
-        )
-        previous = step
-    _dispatch_on_commit(retry)
-    return retry

@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.books.models import BookVersion
+from apps.core.models import Circuit
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
 
 
@@ -121,27 +122,26 @@ class Action(models.Model):
         return f"{self.tool_id}:{self.id} ({self.status})"
 
     @property
+    def escalation_owner_id(self) -> int | None:
+        """Who gets the action when no one else can take it (it failed, was drained, or its
+        tool's circuit is open): the escalation owner named by the book version it was decided
+        under; nobody in particular (the whole queue) without one."""
+        version = self.book_version if self.book_version_id else None
+        return version.escalation_owner_id if version is not None else None
+
+    @property
     def downstream_key(self) -> str:
         """The Idempotency-Key sent to the system of record: one per action, so a redelivered
         or retried execution can never cause a second effect."""
         return f"esc-{self.id}"
 
 
-class ToolCircuit(models.Model):
-    """The circuit breaker of one tool: closed (calls go through), open (calls refused until
-    the cool-down has passed), half open (one probe call decides)."""
-
-    class State(models.TextChoices):
-        CLOSED = "closed"
-        OPEN = "open"
-        HALF_OPEN = "half_open"
+class ToolCircuit(Circuit):
+    """The circuit breaker of one tool (see apps/core/breaker.py): after the tool's
+    breaker_failure_threshold consecutive failures its calls are refused until
+    breaker_cooldown_seconds have passed."""
 
     tool = models.OneToOneField(Tool, on_delete=models.CASCADE, related_name="circuit")
-    state = models.CharField(max_length=9, choices=State.choices, default=State.CLOSED)
-    consecutive_failures = models.PositiveIntegerField(default=0)
-    opened_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.tool_id}: {self.state}"

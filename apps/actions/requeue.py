@@ -30,8 +30,9 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.actions.execution import _switch_engaged
+from apps.actions.dispatch import action_send
 from apps.actions.models import Action, Status
+from apps.killswitches.coverage import switch_engaged_over
 
 logger = logging.getLogger(__name__)
 BATCH = 500
@@ -44,8 +45,6 @@ class RequeueReport:
 
 
 def actions_requeue(now: datetime | None = None) -> RequeueReport:
-    from apps.actions.tasks import execute_action
-
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.ACTION_REQUEUE_AFTER_SECONDS)
     queued = Q(status=Status.QUEUED, queued_at__lt=stale_before)
@@ -58,23 +57,17 @@ def actions_requeue(now: datetime | None = None) -> RequeueReport:
     stale = list(
         Action.objects.filter(queued | abandoned)
         .filter(not_sent_lately)
-        .filter(~_switch_engaged())
+        .filter(~switch_engaged_over())
         .order_by("queued_at")
         .values_list("pk", "status")[:BATCH]
     )
     sent: list[tuple[object, str]] = []
     failed = 0
     for action_id, status in stale:
-        try:
-            execute_action.delay(str(action_id))
-        except Exception as exc:  # noqa: BLE001 (the broker is down: try again next sweep)
+        if not action_send(action_id):
+            # The broker is down: the rest wait for the next sweep.
             failed = len(stale) - len(sent)
-            logger.warning(
-                "requeue: broker refused action %s (%s); %d left for the next sweep",
-                action_id,
-                type(exc).__name__,
-                failed,
-            )
+            logger.warning("requeue: %d action(s) left for the next sweep", failed)
             break
         sent.append((action_id, status))
     if sent:

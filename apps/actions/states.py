@@ -4,7 +4,7 @@ machine does not have raises and changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -125,3 +125,51 @@ def transition_record(
         data={"from": previous, "to": to, **(data or {})},
     )
     callback_schedule(action, to)
+
+
+def transition_insert(
+    action: Action,
+    path: Sequence[str],
+    *,
+    actor: Actor,
+    decider: Actor,
+    proposed: Mapping[str, Any],
+    reported: bool = True,
+) -> Action:
+    """Write a new `action` once, in the status it reaches along `path` from proposed.
+
+    Each step must be a transition of the machine, and each is recorded as `transition` records
+    it (its audit event, and its callback when `reported`), after the `action.proposed` event
+    with the `proposed` data; only the row is written once instead of once per step (the gate's
+    time is mostly its statements: see docs/benchmarks.md). `decider` made the first step (the
+    decision, whose event carries the decision and its reasons); `actor` the others. The gate
+    passes reported=False: the proposer learns those steps from the gate's answer."""
+    current: str = Status.PROPOSED
+    for step in path:
+        if not can_transition(current, step):
+            raise IllegalTransition(action.pk, current, step)
+        current = step
+    action.status = current
+    action.save(force_insert=True)
+    audit_record(
+        actor=actor,
+        verb="action.proposed",
+        target=action,
+        subject=action.subject,
+        data=dict(proposed),
+    )
+    previous: str = Status.PROPOSED
+    for step in path:
+        decided = previous == Status.PROPOSED
+        audit_record(
+            actor=decider if decided else actor,
+            verb=f"action.{step}",
+            target=action,
+            subject=action.subject,
+            data={"from": previous, "to": step}
+            | ({"decision": action.decision, "reasons": action.reasons} if decided else {}),
+        )
+        if reported:
+            callback_schedule(action, step)
+        previous = step
+    return action

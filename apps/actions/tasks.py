@@ -4,7 +4,9 @@ from uuid import UUID
 
 from celery import Task, shared_task
 
+from apps.actions.callbacks import MAX_ATTEMPTS, CallbackFailed, callback_deliver
 from apps.actions.execution import action_execute
+from apps.actions.requeue import actions_requeue
 
 
 @shared_task(
@@ -21,8 +23,6 @@ def execute_action(self: Task[[str], None], action_id: str) -> None:
 @shared_task(bind=True, max_retries=None, name="actions.deliver_callback")
 def deliver_callback(self: Task[[int], None], delivery_id: int) -> None:
     """Send one outcome to the agent; retried with backoff up to MAX_ATTEMPTS attempts."""
-    from apps.actions.callbacks import MAX_ATTEMPTS, CallbackFailed, callback_deliver
-
     try:
         callback_deliver(delivery_id)
     except CallbackFailed:
@@ -34,6 +34,4 @@ def deliver_callback(self: Task[[int], None], delivery_id: int) -> None:
 @shared_task(name="actions.requeue", ignore_result=True)
 def requeue_actions() -> None:
     """From the scheduler: send actions left `queued` (their message lost) to the workers."""
-    from apps.actions.requeue import actions_requeue
-
     actions_requeue()

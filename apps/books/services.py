@@ -17,6 +17,7 @@ from apps.audit.services import audit_record
 from apps.books.compilation import book_compile, book_problems
 from apps.books.models import BookVersion
 from apps.books.policy.validation import PolicyProblem
+from apps.core.errors import ServiceError
 from apps.registry.models import Workflow
 
 # The fields that make up a book's content: copied into new drafts and rollbacks, compared by
@@ -45,13 +46,8 @@ CONTENT_FIELDS = (
 )
 
 
-class BookError(Exception):
+class BookError(ServiceError):
     """A book operation that cannot be done; names the field at fault when there is one."""
-
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 class PublishRefused(BookError):

@@ -7,7 +7,6 @@ import copy
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -36,23 +35,19 @@ from apps.books.services import (
     draft_update,
     workflow_create,
 )
+from apps.core.http import AuthenticatedRequest
 from apps.registry.models import Agent, Tool, Workflow
 
 risk_only = role_required(Role.RISK)
 
 
-def _user(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)  # role_required has let only signed-in users through
-    return request.user
-
-
 @require_http_methods(["GET", "POST"])
 @risk_only
-def index(request: HttpRequest) -> HttpResponse:
+def index(request: AuthenticatedRequest) -> HttpResponse:
     form = WorkflowForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            workflow = workflow_create(user=_user(request), **form.cleaned_data)
+            workflow = workflow_create(user=request.user, **form.cleaned_data)
         except BookError as exc:
             form.add_error(exc.field or None, exc.message)
         else:
@@ -63,7 +58,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @risk_only
-def workflow(request: HttpRequest, slug: str) -> HttpResponse:
+def workflow(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     flow = get_object_or_404(Workflow, slug=slug)
     active = active_version(flow)
     return render(
@@ -82,7 +77,7 @@ def workflow(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_GET
 @risk_only
-def version_detail(request: HttpRequest, slug: str, number: int) -> HttpResponse:
+def version_detail(request: AuthenticatedRequest, slug: str, number: int) -> HttpResponse:
     version = get_object_or_404(BookVersion, workflow__slug=slug, number=number)
     return render(
         request,
@@ -93,7 +88,7 @@ def version_detail(request: HttpRequest, slug: str, number: int) -> HttpResponse
 
 @require_GET
 @risk_only
-def diff(request: HttpRequest, slug: str) -> HttpResponse:
+def diff(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     flow = get_object_or_404(Workflow, slug=slug)
     versions = list(history(flow))
     numbers = [version.number for version in versions]
@@ -134,7 +129,7 @@ def diff(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 @risk_only
-def rollback(request: HttpRequest, slug: str, number: int) -> HttpResponse:
+def rollback(request: AuthenticatedRequest, slug: str, number: int) -> HttpResponse:
     version = get_object_or_404(BookVersion, workflow__slug=slug, number=number)
     form = PublishForm(request.POST)
     if not form.is_valid():
@@ -142,7 +137,7 @@ def rollback(request: HttpRequest, slug: str, number: int) -> HttpResponse:
         return redirect("books:workflow", slug=slug)
     try:
         restored = book_rollback(
-            version_id=version.pk, user=_user(request), change_note=form.cleaned_data["change_note"]
+            version_id=version.pk, user=request.user, change_note=form.cleaned_data["change_note"]
         )
     except BookError as exc:
         messages.error(request, exc.message)
@@ -155,9 +150,9 @@ def rollback(request: HttpRequest, slug: str, number: int) -> HttpResponse:
 
 @require_POST
 @risk_only
-def draft_start(request: HttpRequest, slug: str) -> HttpResponse:
+def draft_start(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     flow = get_object_or_404(Workflow, slug=slug)
-    draft_create(workflow=flow, user=_user(request))
+    draft_create(workflow=flow, user=request.user)
     return redirect("books:draft", slug=slug)
 
 
@@ -202,7 +197,7 @@ def _editor(
 
 @require_http_methods(["GET", "POST"])
 @risk_only
-def draft(request: HttpRequest, slug: str) -> HttpResponse:
+def draft(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     flow = get_object_or_404(Workflow, slug=slug)
     current = draft_of(flow)
     if current is None:
@@ -218,7 +213,7 @@ def draft(request: HttpRequest, slug: str) -> HttpResponse:
     publish_form = PublishForm(request.POST if publishing else None)
     if not form.is_valid():
         return _editor(request, current, form, publish_form=publish_form, status=422)
-    saved = draft_update(version_id=current.pk, user=_user(request), values=form.book_values())
+    saved = draft_update(version_id=current.pk, user=request.user, values=form.book_values())
     if not publishing:
         messages.success(request, "Draft saved.")
         return redirect("books:draft", slug=slug)
@@ -227,7 +222,7 @@ def draft(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         published = book_publish(
             version_id=saved.pk,
-            user=_user(request),
+            user=request.user,
             change_note=publish_form.cleaned_data["change_note"],
         )
     except PublishRefused as exc:
@@ -255,7 +250,7 @@ def _draft_and_form(request: HttpRequest, slug: str) -> tuple[BookVersion, Draft
 
 @require_POST
 @risk_only
-def draft_preview(request: HttpRequest, slug: str) -> HttpResponse:
+def draft_preview(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     current, form = _draft_and_form(request, slug)
     if not form.is_valid():
         return render(request, "books/draft.html#compiled-cedar", {"compiled": None, "form": form})
@@ -269,7 +264,7 @@ def draft_preview(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 @risk_only
-def draft_validate(request: HttpRequest, slug: str) -> HttpResponse:
+def draft_validate(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     current, form = _draft_and_form(request, slug)
     problems = book_problems(_unsaved(current, form)) if form.is_valid() else None
     return render(
@@ -281,7 +276,7 @@ def draft_validate(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 @risk_only
-def draft_try(request: HttpRequest, slug: str) -> HttpResponse:
+def draft_try(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     current, form = _draft_and_form(request, slug)
     agents = list(Agent.objects.filter(workflows=current.workflow).values_list("slug", flat=True))
     try_form = TryForm(

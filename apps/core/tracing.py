@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
-    from opentelemetry.sdk.trace import TracerProvider
 
 _provider: TracerProvider | None = None
 _task_spans: dict[str, tuple[trace.Span, object]] = {}
@@ -54,10 +56,8 @@ def tracing_configure(env: Mapping[str, str] = os.environ) -> None:
         env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     ):
         return
+    # Only a process that exports loads the exporter (and the HTTP and protobuf stacks under it).
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(
         resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "escapement")})

@@ -2,27 +2,17 @@ from __future__ import annotations
 
 import logging
 
-from django.contrib.auth.decorators import login_required
+from celery import current_app
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.accounts.roles import Role, user_roles
 from apps.core.api_errors import error_response
 from apps.core.health import health_report
-from controlplane.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
-
-
-@require_GET
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    roles = user_roles(request.user)
-    held = [(role, role in roles) for role in Role]
-    return render(request, "core/home.html", {"roles": held})
 
 
 @require_GET
@@ -30,7 +20,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def healthz(request: HttpRequest) -> JsonResponse:
     """Readiness for load balancers and on-call: 200 when the database and broker are reachable
     and a worker answers, 503 otherwise, with each check's verdict."""
-    healthy, report = health_report(celery_app)
+    healthy, report = health_report(current_app)
     return JsonResponse(report, status=200 if healthy else 503)
 
 

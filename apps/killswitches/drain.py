@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -27,8 +28,10 @@ from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition, transition
 from apps.audit.services import audit_record
 from apps.killswitches.confirmation import confirmed_check
-from apps.killswitches.models import DrainRun, in_scope
+from apps.killswitches.coverage import in_scope
+from apps.killswitches.models import DrainRun
 from apps.killswitches.switches import SwitchInvalid, actor_name, reason_check, scope_check
+from apps.reviews.items import review_hand_over, review_open, review_withdraw
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +140,6 @@ def drain_run(
 
 
 def _drain_one(action_id: UUID, *, run: DrainRun, actor: Actor) -> dict[str, Any]:
-    from apps.reviews.services import review_hand_over, review_open, review_withdraw
-
     note = f"drained by on-call: {run.reason}"
     with transaction.atomic():
         action = (
@@ -153,7 +154,7 @@ def _drain_one(action_id: UUID, *, run: DrainRun, actor: Actor) -> dict[str, Any
             "subject": action.subject,
             "was": action.status,
         }
-        owner = action.book_version.escalation_owner_id if action.book_version else None
+        owner = action.escalation_owner_id
         data = {"drain": run.pk, "mode": run.mode, "reason": run.reason}
         try:
             if action.status == Status.PENDING_REVIEW and run.mode == DrainRun.Mode.HAND_OVER:
@@ -176,7 +177,7 @@ def _drain_one(action_id: UUID, *, run: DrainRun, actor: Actor) -> dict[str, Any
                 )
                 if run.mode == DrainRun.Mode.CANCEL:
                     return entry | {"outcome": "cancelled", "detail": "never started"}
-                review_open(action, "fallback", error=note, escalate_to_id=owner, actor=actor)
+                review_open(action, "fallback", error=note, escalate=True, actor=actor)
                 return entry | {
                     "outcome": "handed_over",
                     "detail": "cancelled; " + _owner_text(owner, "a fallback item for"),
@@ -187,8 +188,6 @@ def _drain_one(action_id: UUID, *, run: DrainRun, actor: Actor) -> dict[str, Any
 
 
 def _owner_text(owner_id: int | None, what: str) -> str:
-    from django.contrib.auth.models import User
-
     if owner_id is None:
         return f"{what} the review queue (the book names no escalation owner)"
     name = User.objects.filter(pk=owner_id).values_list("username", flat=True).first()

@@ -22,7 +22,8 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.actions.models import Action, Status
-from apps.killswitches.counters import Window, count, window
+from apps.killswitches.counters import Window, count, counters, window
+from apps.killswitches.switches import agent_quarantine
 from apps.registry.models import Agent
 
 logger = logging.getLogger(__name__)
@@ -142,8 +143,6 @@ def firewall_decided(agent: Agent, action: Action) -> None:
 
 
 def _quarantine(agent: Agent, *, trigger: str, reason: str, evidence: dict[str, Any]) -> None:
-    from apps.killswitches.switches import agent_quarantine
-
     agent_id = agent.pk
 
     def run() -> None:
@@ -156,6 +155,4 @@ def _quarantine(agent: Agent, *, trigger: str, reason: str, evidence: dict[str, 
 
 def firewall_forget(agent: Agent) -> None:
     """Drop the agent's counters (after on-call has looked into a quarantine, say)."""
-    from apps.killswitches.counters import counters
-
     counters().clear(_subject(agent))

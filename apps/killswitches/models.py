@@ -68,25 +68,6 @@ class KillSwitch(models.Model):
         return self.scope if self.scope == Scope.GLOBAL else f"{self.scope}: {self.target}"
 
 
-def covering(*, workflow: str, agent: str, tool: str) -> Q:
-    """Engaged switches that cover an action of this workflow, agent and tool."""
-    return Q(released_at__isnull=True) & (
-        Q(scope=Scope.GLOBAL)
-        | Q(scope=Scope.WORKFLOW, target=workflow)
-        | Q(scope=Scope.AGENT, target=agent)
-        | Q(scope=Scope.TOOL, target=tool)
-    )
-
-
-def in_scope(scope: str, target: str, prefix: str = "") -> Q:
-    """Actions (or rows pointing at an action through `prefix`, e.g. "action__") that a
-    switch of this scope and target covers."""
-    if scope == Scope.GLOBAL:
-        return Q()
-    field = {Scope.WORKFLOW: "workflow", Scope.AGENT: "agent", Scope.TOOL: "tool"}[Scope(scope)]
-    return Q(**{f"{prefix}{field}__slug": target})
-
-
 class DrainRun(models.Model):
     """One drain: the queued and held work of a scope, cancelled or handed to people, with
     what happened to each action (`report`: [{action, subject, tool, was, outcome, detail}])."""

@@ -2,7 +2,7 @@
 started after T (must be none), what the gate blocked since, what it is holding back.
 
 "Running at T" and "started after T" compare `started_at` with `engaged_at`, both from the
-database's clock (see fence.py). The window ends when the switch is released: an action
+database's clock (see coverage.py). The window ends when the switch is released: an action
 started after a release was allowed to."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.actions.models import Action, Status
-from apps.killswitches.models import KillSwitch, in_scope
+from apps.killswitches.coverage import in_scope
+from apps.killswitches.models import KillSwitch
 
 LIST_MAX = 100
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,8 +25,10 @@ from apps.actions.execution import RollbackRefused, UndoUnknown, action_undo
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor, IllegalTransition
 from apps.audit.services import audit_record
+from apps.core.workers import task_send_on_commit
 from apps.killswitches.confirmation import confirmed_check
-from apps.killswitches.models import RollbackRun, Scope, in_scope
+from apps.killswitches.coverage import in_scope
+from apps.killswitches.models import RollbackRun, Scope
 from apps.killswitches.switches import (
     SwitchConflict,
     SwitchInvalid,
@@ -96,8 +99,6 @@ def rollback_request(
 
     `expected`: the ids on-call confirmed, newest first. When given, the run is recorded only
     if the actions chosen now are exactly those; otherwise SetChanged, and nothing is done."""
-    from apps.killswitches.tasks import rollback_run_task
-
     scope, target = rollback_scope_check(scope, target)
     number = rollback_count_check(count)
     reason = reason_check(reason)
@@ -131,7 +132,7 @@ def rollback_request(
         )
         run_id = run.pk
         if dispatch:
-            transaction.on_commit(lambda: rollback_run_task.delay(run_id))
+            task_send_on_commit("killswitches.rollback", run_id)
     return run
 
 
@@ -223,8 +224,6 @@ def _outcomes(report: list[dict[str, Any]]) -> dict[str, int]:
 
 def _requester(run: RollbackRun) -> Actor:
     """The person who asked (so the undo is audited as theirs), or the system actor named."""
-    from django.contrib.auth.models import User
-
     return User.objects.filter(username=run.requested_by).first() or run.requested_by
 
 

@@ -1,7 +1,7 @@
 """Engaging and releasing kill switches, and the firewall's quarantine of an agent.
 
 Every engage and release is audited in its own transaction. An engage passes the fence
-(apps/killswitches/fence.py) so that its engage time is later than the start of every action
+(apps/killswitches/coverage.py) so that its engage time is later than the start of every action
 claimed before it; a release sends the queued actions it was holding back to the workers."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import Any
 from django.db import transaction
 from django.db.models.functions import Now
 
+from apps.actions.dispatch import actions_resume
 from apps.actions.models import Action, Status
 from apps.actions.states import Actor
 from apps.audit.services import audit_record
-from apps.killswitches.fence import fence_for_engage
-from apps.killswitches.models import KillSwitch, Scope, in_scope
+from apps.core.errors import ServiceError
+from apps.killswitches.coverage import fence_for_engage, in_scope
+from apps.killswitches.models import KillSwitch, Scope
 from apps.registry.models import Agent, Tool, Workflow
 
 logger = logging.getLogger(__name__)
@@ -26,13 +28,8 @@ REASON_MAX = 2000
 VIAS = frozenset({"console", "api", "command", "firewall"})
 
 
-class SwitchError(Exception):
+class SwitchError(ServiceError):
     """A switch operation that cannot be done; `field` names the input at fault, if any."""
-
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
 
 
 class SwitchInvalid(SwitchError):
@@ -211,7 +208,7 @@ def switch_release(*, switch_id: int, reason: str, actor: Actor, via: str) -> Re
             .order_by("queued_at")
             .values_list("pk", flat=True)
         )
-        transaction.on_commit(lambda: _resume(waiting))
+        actions_resume(waiting)
     logger.warning(
         "kill switch %s on %s released by %s", switch.pk, switch.where, actor_name(actor)
     )
@@ -239,13 +236,6 @@ def _reactivate(switch: KillSwitch, *, actor: Actor, reason: str) -> bool:
         data={"from": Agent.Status.QUARANTINED, "to": Agent.Status.ACTIVE, "reason": reason},
     )
     return True
-
-
-def _resume(action_ids: list[Any]) -> None:
-    from apps.actions.tasks import execute_action
-
-    for action_id in action_ids:
-        execute_action.delay(str(action_id))
 
 
 def agent_quarantine(

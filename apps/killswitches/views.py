@@ -10,7 +10,6 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
-from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -18,11 +17,12 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
 from apps.actions.models import Action, Status
-from apps.core.http import HtmxHttpRequest
+from apps.core.http import AuthenticatedRequest
 from apps.killswitches.confirmation import SetChanged
+from apps.killswitches.coverage import in_scope
 from apps.killswitches.drain import DrainPlan, drain_preview, drain_run
 from apps.killswitches.forms import DrainForm, EngageForm, ReleaseForm, RollbackForm
-from apps.killswitches.models import DrainRun, KillSwitch, RollbackRun, in_scope
+from apps.killswitches.models import DrainRun, KillSwitch, RollbackRun
 from apps.killswitches.proof import switch_proof
 from apps.killswitches.rollback import (
     RETRYABLE,
@@ -41,11 +41,6 @@ from apps.killswitches.switches import SwitchError, switch_engage, switch_releas
 from apps.registry.models import Agent, Tool, Workflow
 
 oncall_only = role_required(Role.ONCALL)
-
-
-def _user(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)  # role_required has let only signed-in users through
-    return request.user
 
 
 def _confirmed(request: HttpRequest) -> bool:
@@ -100,7 +95,7 @@ def _in_scope_counts(scope: str, target: str) -> dict[str, int]:
 
 @require_GET
 @oncall_only
-def console(request: HtmxHttpRequest) -> HttpResponse:
+def console(request: AuthenticatedRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "killswitches/console.html#console-state", _state())
     return _console(request)
@@ -108,7 +103,7 @@ def console(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_POST
 @oncall_only
-def engage(request: HttpRequest) -> HttpResponse:
+def engage(request: AuthenticatedRequest) -> HttpResponse:
     form = EngageForm(request.POST, prefix="engage")
     if not form.is_valid():
         return _console(request, engage=form, status=422)
@@ -131,7 +126,7 @@ def engage(request: HttpRequest) -> HttpResponse:
             scope=data["scope"],
             target=data["target"],
             reason=data["reason"],
-            actor=_user(request),
+            actor=request.user,
             via="console",
         )
     except SwitchError as exc:
@@ -143,7 +138,7 @@ def engage(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @oncall_only
-def switch_detail(request: HtmxHttpRequest, switch_id: int) -> HttpResponse:
+def switch_detail(request: AuthenticatedRequest, switch_id: int) -> HttpResponse:
     switch = get_object_or_404(KillSwitch, pk=switch_id)
     context = {"proof": switch_proof(switch), "switch": switch, "release_form": None}
     if request.htmx:
@@ -155,7 +150,7 @@ def switch_detail(request: HtmxHttpRequest, switch_id: int) -> HttpResponse:
 
 @require_POST
 @oncall_only
-def release(request: HttpRequest, switch_id: int) -> HttpResponse:
+def release(request: AuthenticatedRequest, switch_id: int) -> HttpResponse:
     switch = get_object_or_404(KillSwitch, pk=switch_id)
     form = ReleaseForm(request.POST, prefix="release")
     if not form.is_valid():
@@ -177,7 +172,7 @@ def release(request: HttpRequest, switch_id: int) -> HttpResponse:
         released = switch_release(
             switch_id=switch.pk,
             reason=form.cleaned_data["reason"],
-            actor=_user(request),
+            actor=request.user,
             via="console",
         )
     except SwitchError as exc:
@@ -224,7 +219,7 @@ def _drain_step(
 
 @require_POST
 @oncall_only
-def drain(request: HttpRequest) -> HttpResponse:
+def drain(request: AuthenticatedRequest) -> HttpResponse:
     form = DrainForm(request.POST, prefix="drain")
     if not form.is_valid():
         return _console(request, drain=form, status=422)
@@ -237,7 +232,7 @@ def drain(request: HttpRequest) -> HttpResponse:
             target=data["target"],
             mode=data["mode"],
             reason=data["reason"],
-            actor=_user(request),
+            actor=request.user,
             expected=data["expected"],
         )
     except SetChanged as changed:
@@ -250,7 +245,7 @@ def drain(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @oncall_only
-def drain_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+def drain_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(DrainRun, pk=run_id)
     counts: dict[str, int] = {}
     for entry in run.report:
@@ -282,7 +277,7 @@ def _rollback_step(
 
 @require_POST
 @oncall_only
-def rollback(request: HttpRequest) -> HttpResponse:
+def rollback(request: AuthenticatedRequest) -> HttpResponse:
     form = RollbackForm(request.POST, prefix="rollback")
     if not form.is_valid():
         return _console(request, rollback=form, status=422)
@@ -301,7 +296,7 @@ def rollback(request: HttpRequest) -> HttpResponse:
             target=data["target"],
             count=data["count"],
             reason=data["reason"],
-            actor=_user(request),
+            actor=request.user,
             expected=data["expected"],
         )
     except SetChanged as changed:
@@ -314,7 +309,7 @@ def rollback(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @oncall_only
-def rollback_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+def rollback_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(RollbackRun, pk=run_id)
     counts: dict[str, int] = {}
     for entry in run.report:
@@ -327,12 +322,14 @@ def rollback_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
 
 @require_POST
 @oncall_only
-def rollback_retry_undo(request: HttpRequest, run_id: int, action_id: UUID) -> HttpResponse:
+def rollback_retry_undo(
+    request: AuthenticatedRequest, run_id: int, action_id: UUID
+) -> HttpResponse:
     """Retry, from its row of the report, an undo that failed or whose outcome is unknown; then
     back to the report, which shows the row's new outcome."""
     run = get_object_or_404(RollbackRun, pk=run_id)
     try:
-        entry = rollback_retry(run_id=run.pk, action_id=action_id, actor=_user(request))
+        entry = rollback_retry(run_id=run.pk, action_id=action_id, actor=request.user)
     except SwitchError as exc:
         messages.error(request, exc.message)
     else:

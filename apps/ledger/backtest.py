@@ -46,6 +46,7 @@ from apps.books.policy.engine import (
     native_inputs,
 )
 from apps.books.selectors import active_version
+from apps.core.workers import task_send_on_commit
 from apps.ledger.models import Backtest, BacktestPart
 from apps.registry.models import Agent, Tool, Workflow
 from apps.reviews.models import ReviewItem
@@ -169,10 +170,7 @@ def backtest_request(
         target=backtest,
         data={"workflow": workflow.slug, "draft": draft.pk, "limit": limit},
     )
-    from apps.ledger.tasks import backtest_run_task
-
-    backtest_key = str(backtest.pk)
-    transaction.on_commit(lambda: backtest_run_task.delay(backtest_key))
+    task_send_on_commit("ledger.backtest", str(backtest.pk))
     return backtest
 
 
@@ -256,12 +254,8 @@ def backtest_perform(*, backtest_id: UUID, on_workers: bool = False) -> Backtest
             parts_done=0,
         )
         if on_workers:
-            from apps.ledger.tasks import backtest_part_task
-
-            part_ids = [part.pk for part in parts]
-            transaction.on_commit(
-                lambda: [backtest_part_task.delay(part_id) for part_id in part_ids]
-            )
+            for part in parts:
+                task_send_on_commit("ledger.backtest_part", part.pk)
     if not parts:
         _finish(backtest.pk)
     elif not on_workers:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import date
 from uuid import UUID
 
-from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -15,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
 from apps.books.selectors import draft_of
-from apps.core.http import HtmxHttpRequest
+from apps.core.http import AuthenticatedRequest
 from apps.ledger.backtest import BacktestError, backtest_request, backtests_of
 from apps.ledger.charts import cost_trend_chart, outcome_chart, spend_chart
 from apps.ledger.forms import BacktestForm
@@ -47,7 +46,7 @@ def _month_choices(selected: date) -> list[date]:
 
 @require_GET
 @role_required(Role.FINANCE)
-def balance_sheet(request: HttpRequest) -> HttpResponse:
+def balance_sheet(request: AuthenticatedRequest) -> HttpResponse:
     try:
         month = month_parse(request.GET.get("month"))
     except MonthError as exc:
@@ -76,7 +75,7 @@ def balance_sheet(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @role_required(Role.FINANCE)
-def balance_sheet_csv(request: HttpRequest) -> HttpResponse:
+def balance_sheet_csv(request: AuthenticatedRequest) -> HttpResponse:
     try:
         month = month_parse(request.GET.get("month"))
     except MonthError as exc:
@@ -88,16 +87,11 @@ def balance_sheet_csv(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @role_required(Role.ONCALL)
-def slos(request: HtmxHttpRequest) -> HttpResponse:
+def slos(request: AuthenticatedRequest) -> HttpResponse:
     context = {"dashboard": slo_dashboard(), "alerts": open_alerts()}
     if request.htmx:
         return render(request, "ledger/slos.html#slo-alerts", context)
     return render(request, "ledger/slos.html", context)
-
-
-def _user(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)  # role_required has let only signed-in users through
-    return request.user
 
 
 def _panel(request: HttpRequest, flow: Workflow, **extra: object) -> dict[str, object]:
@@ -106,7 +100,7 @@ def _panel(request: HttpRequest, flow: Workflow, **extra: object) -> dict[str, o
 
 @require_POST
 @role_required(Role.RISK)
-def backtest_start(request: HttpRequest, slug: str) -> HttpResponse:
+def backtest_start(request: AuthenticatedRequest, slug: str) -> HttpResponse:
     flow = get_object_or_404(Workflow, slug=slug)
     form = BacktestForm(request.POST, prefix="backtest")
     draft = draft_of(flow)
@@ -115,7 +109,7 @@ def backtest_start(request: HttpRequest, slug: str) -> HttpResponse:
         return render(request, "ledger/backtest_panel.html#backtest-panel", context, status=422)
     try:
         backtest = backtest_request(
-            workflow=flow, draft=draft, user=_user(request), limit=form.cleaned_data["limit"]
+            workflow=flow, draft=draft, user=request.user, limit=form.cleaned_data["limit"]
         )
     except BacktestError as exc:
         form.add_error(exc.field, exc.message)
@@ -129,7 +123,7 @@ def backtest_start(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_GET
 @role_required(Role.RISK)
-def backtest_status(request: HttpRequest, slug: str, backtest_id: UUID) -> HttpResponse:
+def backtest_status(request: AuthenticatedRequest, slug: str, backtest_id: UUID) -> HttpResponse:
     backtest = get_object_or_404(
         Backtest.objects.select_related("draft", "active", "workflow"),
         pk=backtest_id,

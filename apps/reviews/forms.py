@@ -13,8 +13,6 @@ from apps.registry.models import RiskZone, Tool, Workflow
 from apps.reviews.models import Kind, Verdict
 from apps.reviews.services import APPROVE_REASONS, REJECT_REASONS
 
-AGES = {"15m": 15, "1h": 60, "4h": 240, "1d": 1440}
-
 
 class QueueFilterForm(forms.Form):
     workflow = forms.ModelChoiceField(

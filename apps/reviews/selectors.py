@@ -13,8 +13,10 @@ from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 
 from apps.actions.models import Action
-from apps.reviews.forms import AGES
 from apps.reviews.models import Kind, QueueTally, ReviewDecision, ReviewItem, State
+
+# The queue's age filter: older than this many minutes.
+AGES = {"15m": 15, "1h": 60, "4h": 240, "1d": 1440}
 
 PAGE_SIZE = 50
 QUEUE_ROW_FIELDS = (

@@ -13,17 +13,17 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count, F
 from django.utils import timezone
 
 from apps.actions.decision import Ruling, action_rule_now
-from apps.actions.gate import action_enqueue, action_retry
+from apps.actions.enqueue import action_enqueue, action_retry
 from apps.actions.models import Action, Status
 from apps.actions.params import ParamsInvalid, params_check, params_digest
-from apps.actions.states import Actor, IllegalTransition, transition
+from apps.actions.states import IllegalTransition, transition
 from apps.audit.services import audit_batch, audit_record
-from apps.books.compilation import zone_of
-from apps.reviews.models import Kind, QueueTally, ReviewDecision, ReviewItem, State, Verdict
+from apps.core.errors import ServiceError
+from apps.reviews.items import item_close, item_escalate
+from apps.reviews.models import ReviewDecision, ReviewItem, State, Verdict
 
 # The short lists a person picks a reason from; "other" asks for the reason in words.
 APPROVE_REASONS: dict[str, str] = {
@@ -43,13 +43,8 @@ REJECT_REASONS: dict[str, str] = {
 REASON_TEXT_MAX = 2000
 
 
-class ReviewError(Exception):
+class ReviewError(ServiceError):
     """A decision or claim that cannot be made; `field` names the input at fault, if any."""
-
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
 
 
 class ReviewConflict(ReviewError):
@@ -68,134 +63,9 @@ class ReviewForbidden(ReviewError):
     """This person may not decide this item (they own the agent, or already approved it)."""
 
 
-def _tally(workflow_id: int, change: int) -> None:
-    """Move the open count of a queue, in the caller's transaction."""
-    if change > 0:
-        QueueTally.objects.bulk_create(
-            [QueueTally(workflow_id=workflow_id, open=0)], ignore_conflicts=True
-        )
-    QueueTally.objects.filter(workflow_id=workflow_id).update(open=F("open") + change)
-
-
-def _close(item: ReviewItem, state: str, at: datetime, *fields: str) -> None:
-    """Take an open item out of the queue (decided, expired or withdrawn)."""
-    item.state, item.closed_at = state, at
-    item.save(update_fields=["state", "closed_at", *fields])
-    _tally(item.workflow_id, -1)
-
-
-def queue_tally_rebuild() -> dict[int, int]:
-    """Recount every queue from the items themselves (after a bulk load, or to check)."""
-    with transaction.atomic():
-        counts = dict(
-            ReviewItem.objects.filter(state=State.OPEN)
-            .values("workflow_id")
-            .annotate(n=Count("pk"))
-            .order_by()
-            .values_list("workflow_id", "n")
-        )
-        QueueTally.objects.exclude(workflow_id__in=counts).delete()
-        for workflow_id, count in counts.items():
-            QueueTally.objects.update_or_create(workflow_id=workflow_id, defaults={"open": count})
-    return counts
-
-
-def _expiry_after_deadline() -> timedelta:
-    return timedelta(minutes=int(getattr(settings, "REVIEW_EXPIRE_AFTER_MINUTES", 24 * 60)))
-
-
 def approval_lifetime() -> timedelta:
     """How long an approval holds: a second approval, and the run itself, must come within it."""
     return timedelta(minutes=int(getattr(settings, "REVIEW_APPROVAL_TTL_MINUTES", 60)))
-
-
-def review_open(
-    action: Action,
-    kind: str,
-    *,
-    error: str = "",
-    escalate_to_id: int | None = None,
-    actor: Actor = "system:gate",
-    at: datetime | None = None,
-) -> ReviewItem:
-    """Open the review item of `action` (inside the caller's transaction)."""
-    now = at or timezone.now()
-    version = action.book_version
-    zone = zone_of(version, action.tool.slug, action.tool.risk_zone) if version else "yellow"
-    sla = timedelta(minutes=version.sla_minutes if version else 60)
-    two = kind == Kind.HOLD and zone == "red" and (version is None or version.red_two_approvers)
-    item = ReviewItem.objects.create(
-        action=action,
-        workflow_id=action.workflow_id,
-        kind=kind,
-        zone=zone,
-        approvals_required=2 if two else 1,
-        error=error,
-        created_at=now,
-        deadline=now + sla,
-        expires_at=now + sla + _expiry_after_deadline(),
-        escalated_to_id=escalate_to_id,
-        escalated_at=now if escalate_to_id else None,
-    )
-    _tally(action.workflow_id, +1)
-    audit_record(
-        actor=actor,
-        verb="review.opened",
-        target=item,
-        subject=action.subject,
-        data={
-            "action": str(action.pk),
-            "kind": kind,
-            "zone": zone,
-            "deadline": item.deadline.isoformat(),
-            "approvals_required": item.approvals_required,
-            "escalated_to": escalate_to_id,
-        },
-    )
-    return item
-
-
-def review_withdraw(action: Action, *, actor: Actor, note: str) -> int:
-    """Close the open item of an action that no longer needs a person (drained, say)."""
-    now = timezone.now()
-    count = 0
-    for item in ReviewItem.objects.select_for_update().filter(action=action, state=State.OPEN):
-        _close(item, State.WITHDRAWN, now)
-        audit_record(
-            actor=actor,
-            verb="review.withdrawn",
-            target=item,
-            subject=action.subject,
-            data={"note": note},
-        )
-        count += 1
-    return count
-
-
-def review_hand_over(
-    action: Action, *, to_user_id: int | None, actor: Actor, note: str
-) -> ReviewItem | None:
-    """Put the open item of `action` in its escalation owner's hands (marked escalated)."""
-    item = ReviewItem.objects.select_for_update().filter(action=action, state=State.OPEN).first()
-    if item is None:
-        return None
-    _escalate(item, to_user_id=to_user_id, actor=actor, note=note, at=timezone.now())
-    return item
-
-
-def _escalate(
-    item: ReviewItem, *, to_user_id: int | None, actor: Actor, note: str, at: datetime
-) -> None:
-    item.escalated_at, item.escalated_to_id = at, to_user_id
-    item.claimed_by, item.claimed_at = None, None
-    item.save(update_fields=["escalated_at", "escalated_to", "claimed_by", "claimed_at"])
-    audit_record(
-        actor=actor,
-        verb="review.escalated",
-        target=item,
-        subject=item.action.subject,
-        data={"to": to_user_id, "note": note},
-    )
 
 
 def _locked(item_id: int) -> ReviewItem:
@@ -221,7 +91,7 @@ def _closed_message(item: ReviewItem) -> str:
     return f"Already decided: {last.get_verdict_display()} by {last.user.get_username()} at {when}."
 
 
-def review_claim(item_id: int, user: User) -> ReviewItem:
+def review_claim(*, item_id: int, user: User) -> ReviewItem:
     with transaction.atomic():
         item = _locked(item_id)
         if not item.is_open:
@@ -238,7 +108,7 @@ def review_claim(item_id: int, user: User) -> ReviewItem:
         return item
 
 
-def review_unclaim(item_id: int, user: User) -> ReviewItem:
+def review_unclaim(*, item_id: int, user: User) -> ReviewItem:
     with transaction.atomic():
         item = _locked(item_id)
         if item.claimed_by_id != user.pk:
@@ -400,7 +270,7 @@ def _names(value: Any) -> bool:
     return isinstance(value, str | int) and not isinstance(value, bool)
 
 
-def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionResult:
+def review_decide(*, item_id: int, user: User, given: DecisionInput) -> DecisionResult:
     """Record one person's decision and apply it once it is final.
 
     Held action: approve (after the second approval, for red-zone items needing two) queues it
@@ -513,7 +383,7 @@ def review_decide(item_id: int, user: User, given: DecisionInput) -> DecisionRes
             item.claimed_by, item.claimed_at = user, item.created_at
         item.outcome = given.verdict
         result.queued = _apply(item, action, user, given, to_run, ruling, now)
-        _close(item, State.DECIDED, now, "outcome", "claimed_by", "claimed_at", "retry")
+        item_close(item, State.DECIDED, now, "outcome", "claimed_by", "claimed_at", "retry")
         return result
 
 
@@ -599,7 +469,7 @@ class SweepReport:
     expired: list[int] = field(default_factory=list)
 
 
-def reviews_sweep(now: datetime | None = None) -> SweepReport:
+def reviews_sweep(*, now: datetime | None = None) -> SweepReport:
     """Escalate overdue items to their escalation owner; expire those past their expiry.
 
     An expired held action becomes `expired` and never runs. Each item is handled in its own
@@ -614,9 +484,13 @@ def reviews_sweep(now: datetime | None = None) -> SweepReport:
         with transaction.atomic():
             item = _locked(item_id)
             if item.is_open and item.escalated_at is None:
-                version = item.action.book_version
-                owner = version.escalation_owner_id if version else None
-                _escalate(item, to_user_id=owner, actor="system:sla", note="overdue", at=now)
+                item_escalate(
+                    item,
+                    to_user_id=item.action.escalation_owner_id,
+                    actor="system:sla",
+                    note="overdue",
+                    at=now,
+                )
                 report.escalated.append(item.pk)
     stale = ReviewItem.objects.filter(state=State.OPEN, expires_at__lt=now).values_list(
         "pk", flat=True
@@ -638,7 +512,7 @@ def reviews_sweep(now: datetime | None = None) -> SweepReport:
                     )
                 except IllegalTransition:
                     continue
-            _close(item, State.EXPIRED, now)
+            item_close(item, State.EXPIRED, now)
             audit_record(
                 actor="system:sla", verb="review.expired", target=item, subject=action.subject
             )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
@@ -19,6 +18,7 @@ from apps.accounts.access import role_required
 from apps.accounts.roles import Role
 from apps.actions.models import Status
 from apps.actions.params import params_digest
+from apps.core.http import AuthenticatedRequest
 from apps.reviews.forms import DecisionForm, QueueFilterForm, edited_params, reason_choices
 from apps.reviews.models import ReviewDecision, ReviewItem, Verdict
 from apps.reviews.selectors import (
@@ -42,32 +42,22 @@ from apps.reviews.services import (
 IN_FLIGHT = frozenset({Status.APPROVED, Status.QUEUED, Status.RUNNING})
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)
-    return user
-
-
-def _is_htmx(request: HttpRequest) -> bool:
-    return request.headers.get("HX-Request") == "true"
-
-
 @require_GET
 @role_required(Role.SUPERVISOR)
-def queue(request: HttpRequest) -> HttpResponse:
+def queue(request: AuthenticatedRequest) -> HttpResponse:
     form = QueueFilterForm(request.GET or None)
     filters = form.cleaned_data if form.is_valid() else {}
     now = timezone.now()
     context = {
         "form": form,
         "filters": filters,
-        "page": queue_page(filters, _user(request), now),
+        "page": queue_page(filters, request.user, now),
         "counts": queue_counts(now),
         "now": now,
         "query": _without_page(request),
         "overdue_cap": OVERDUE_COUNT_CAP,
     }
-    template = "reviews/queue.html#queue-list" if _is_htmx(request) else "reviews/queue.html"
+    template = "reviews/queue.html#queue-list" if request.htmx else "reviews/queue.html"
     valid = not form.is_bound or form.is_valid()
     return render(request, template, context, status=200 if valid else 422)
 
@@ -94,8 +84,10 @@ def _item(item_id: int) -> ReviewItem:
         raise Http404("No such review item") from None
 
 
-def _item_context(request: HttpRequest, item: ReviewItem, **extra: object) -> dict[str, object]:
-    user = _user(request)
+def _item_context(
+    request: AuthenticatedRequest, item: ReviewItem, **extra: object
+) -> dict[str, object]:
+    user = request.user
     decisions = list(ReviewDecision.objects.filter(item=item).select_related("user"))
     followed = item.retry if item.retry is not None else item.action
     if item.pending_params is not None and item.is_open:
@@ -129,23 +121,23 @@ def _item_context(request: HttpRequest, item: ReviewItem, **extra: object) -> di
 
 @require_GET
 @role_required(Role.SUPERVISOR)
-def item_detail(request: HttpRequest, item_id: int) -> HttpResponse:
+def item_detail(request: AuthenticatedRequest, item_id: int) -> HttpResponse:
     item = _item(item_id)
     return render(request, "reviews/item.html", _item_context(request, item))
 
 
 @require_GET
 @role_required(Role.SUPERVISOR)
-def item_status(request: HttpRequest, item_id: int) -> HttpResponse:
+def item_status(request: AuthenticatedRequest, item_id: int) -> HttpResponse:
     item = _item(item_id)
     return render(request, "reviews/item_status.html#item-status", _item_context(request, item))
 
 
 def _panel(
-    request: HttpRequest, item_id: int, *, status: int = 200, **extra: object
+    request: AuthenticatedRequest, item_id: int, *, status: int = 200, **extra: object
 ) -> HttpResponse:
     item = _item(item_id)
-    if _is_htmx(request):
+    if request.htmx:
         return render(
             request,
             "reviews/item.html#item-panel",
@@ -161,9 +153,9 @@ def _panel(
 
 @require_POST
 @role_required(Role.SUPERVISOR)
-def claim(request: HttpRequest, item_id: int) -> HttpResponse:
+def claim(request: AuthenticatedRequest, item_id: int) -> HttpResponse:
     try:
-        review_claim(item_id, _user(request))
+        review_claim(item_id=item_id, user=request.user)
     except ReviewError as exc:
         return _panel(request, item_id, status=409, problem=exc.message)
     return _panel(request, item_id)
@@ -171,9 +163,9 @@ def claim(request: HttpRequest, item_id: int) -> HttpResponse:
 
 @require_POST
 @role_required(Role.SUPERVISOR)
-def unclaim(request: HttpRequest, item_id: int) -> HttpResponse:
+def unclaim(request: AuthenticatedRequest, item_id: int) -> HttpResponse:
     try:
-        review_unclaim(item_id, _user(request))
+        review_unclaim(item_id=item_id, user=request.user)
     except ReviewError as exc:
         return _panel(request, item_id, status=409, problem=exc.message)
     return _panel(request, item_id)
@@ -181,7 +173,7 @@ def unclaim(request: HttpRequest, item_id: int) -> HttpResponse:
 
 @require_POST
 @role_required(Role.SUPERVISOR)
-def decide(request: HttpRequest, item_id: int) -> HttpResponse:
+def decide(request: AuthenticatedRequest, item_id: int) -> HttpResponse:
     item = _item(item_id)
     form = DecisionForm(request.POST)
     if not form.is_valid():
@@ -205,7 +197,7 @@ def decide(request: HttpRequest, item_id: int) -> HttpResponse:
         seen_digest=str(request.POST.get("params_digest", ""))[:64],
     )
     try:
-        result = review_decide(item_id, _user(request), given)
+        result = review_decide(item_id=item_id, user=request.user, given=given)
     except ReviewInvalid as exc:
         for name, message in exc.errors:
             if name in form.fields:
@@ -220,7 +212,7 @@ def decide(request: HttpRequest, item_id: int) -> HttpResponse:
 
 @require_GET
 @role_required(Role.RISK)
-def feedback_export(request: HttpRequest) -> HttpResponseBase:
+def feedback_export(request: AuthenticatedRequest) -> HttpResponseBase:
     """Every human decision as JSON Lines: {context, correction, rationale} and who/when."""
 
     response = StreamingHttpResponse(feedback_lines(), content_type="application/x-ndjson")

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.actions.models import Action
+from apps.core.models import Circuit
 from apps.registry.models import Agent, Workflow
 
 ZERO = Decimal(0)
@@ -290,20 +291,11 @@ class BudgetReservation(models.Model):
         return f"reservation {self.pk}: {self.amount_cents} ({self.state})"
 
 
-class ProviderCircuit(models.Model):
-    """The circuit breaker of one model provider, shared by every worker."""
-
-    class State(models.TextChoices):
-        CLOSED = "closed"
-        OPEN = "open"
-        HALF_OPEN = "half_open"
+class ProviderCircuit(Circuit):
+    """The circuit breaker of one model provider (see apps/core/breaker.py), shared by every
+    worker."""
 
     provider = models.CharField(max_length=40, unique=True)
-    state = models.CharField(max_length=9, choices=State.choices, default=State.CLOSED)
-    consecutive_failures = models.PositiveIntegerField(default=0)
-    opened_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.provider}: {self.state}"

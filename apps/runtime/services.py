@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Mapping
@@ -35,8 +34,14 @@ from django.utils import timezone
 from apps.actions.models import Action, Status
 from apps.audit.services import audit_record
 from apps.books.models import BookVersion
+from apps.core.backoff import backoff as core_backoff
+from apps.core.errors import ServiceError
+from apps.core.workers import task_send_on_commit
 from apps.registry.models import Agent, AgentKey, Workflow
 from apps.registry.services import agent_key_create
+from apps.reviews.items import review_open
+from apps.reviews.models import ReviewItem
+from apps.reviews.models import State as ReviewState
 from apps.runtime.budgets import BudgetExceeded, active_book, budget_release
 from apps.runtime.models import BudgetReservation, Run, Step
 from apps.runtime.providers import ProviderError
@@ -61,13 +66,8 @@ LOST_AFTER_SECONDS = 60.0
 STALE_RESERVATION_MINUTES = 15
 
 
-class RunRefused(Exception):
+class RunRefused(ServiceError):
     """A run that cannot be started; `field` names the input at fault."""
-
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ class StepOutcome:
 
 
 def backoff(attempt: int) -> float:
-    delay: float = min(1.0 * 2.0 ** (attempt - 1), 60.0)
-    return delay * random.uniform(0.8, 1.2)  # noqa: S311
+    """Seconds before a step's retry `attempt`: from one second, at most a minute apart."""
+    return core_backoff(attempt, base=1.0, cap=60.0)
 
 
 def runtime_key(agent: Agent) -> AgentKey:
@@ -150,8 +150,6 @@ def run_start(
 
 
 def _dispatch(step: Step, countdown: float | None = None) -> None:
-    from apps.runtime.tasks import run_step
-
     step_id = step.pk
     # A hard limit for the worker's process, well past the budget: the budget itself is
     # enforced by the runtime, this only catches a step that blocks the whole process.
@@ -160,7 +158,7 @@ def _dispatch(step: Step, countdown: float | None = None) -> None:
     if countdown is not None:
         options["countdown"] = countdown
 
-    transaction.on_commit(lambda: run_step.apply_async((step_id,), **options))
+    task_send_on_commit("runtime.run_step", step_id, **options)
 
 
 def _earlier_outputs(run: Run, index: int) -> dict[str, Any]:
@@ -337,10 +335,6 @@ def _step_failed(
 def _fallback(step: Step, error: str) -> StepOutcome:
     """Fail the step and its run; hand its actions (or, with none, the run) to the book's
     escalation owner."""
-    from apps.reviews.models import ReviewItem
-    from apps.reviews.models import State as ReviewState
-    from apps.reviews.services import review_open
-
     run = step.run
     book: BookVersion | None = active_book(run.workflow)
     owner = book.escalation_owner_id if book is not None else None
@@ -364,9 +358,7 @@ def _fallback(step: Step, error: str) -> StepOutcome:
         for action in actions:
             if ReviewItem.objects.filter(action=action, state=ReviewState.OPEN).exists():
                 continue
-            review_open(
-                action, "fallback", error=message, escalate_to_id=owner, actor="system:runtime"
-            )
+            review_open(action, "fallback", error=message, escalate=True, actor="system:runtime")
             opened.append(str(action.pk))
         audit_record(
             actor="system:runtime",

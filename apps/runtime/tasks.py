@@ -20,11 +20,3 @@ def run_step(self: Task[[int], None], step_id: int) -> None:
 def sweep() -> None:
     """From the scheduler: resume decided steps, fail lost attempts, free stale reservations."""
     runtime_sweep()
-
-
-@shared_task(name="runtime.demo_tick", ignore_result=True)
-def demo_tick() -> None:
-    """From the scheduler, while DEMO_TRAFFIC is on: the demo agents pick up demo work."""
-    from apps.runtime.demo_traffic import demo_traffic_tick
-
-    demo_traffic_tick()

@@ -18,7 +18,6 @@ from apps.accounts.roles import Role
 from apps.core.http import HtmxHttpRequest
 from apps.registry.models import Agent
 from apps.runtime.budgets import agent_budget_set, month_of
-from apps.runtime.demo import demo_traffic_set, demo_traffic_state
 from apps.runtime.forms import AgentBudgetForm, RunFilterForm
 from apps.runtime.selectors import (
     agent_budget_rows,
@@ -33,6 +32,7 @@ from apps.runtime.selectors import (
     runs_recent,
     spend_by_model,
 )
+from apps.runtime.traffic_switch import demo_traffic_set, demo_traffic_state
 
 
 @require_GET

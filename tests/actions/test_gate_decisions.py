@@ -349,8 +349,7 @@ def failing_audit(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], Non
         failing_at[0] = call
         calls.clear()
 
-    # The gate writes action.proposed itself; every status change is written by states.py.
-    monkeypatch.setattr("apps.actions.gate.audit_record", audit_record)
+    # The state machine (states.py) writes action.proposed and every status change.
     monkeypatch.setattr("apps.actions.states.audit_record", audit_record)
     return fail_on
 

@@ -44,7 +44,7 @@ def test_multiprocess__two_processes_count__a_third_scrapes_the_sum(tmp_path: Pa
     }
     # Given two processes that each counted three successful executions and one decision
     count = (
-        "from apps.core.metrics import EXECUTIONS, GATE_DECISIONS; "
+        "from apps.actions.metrics import EXECUTIONS, GATE_DECISIONS; "
         "EXECUTIONS.labels('succeeded').inc(3); "
         "GATE_DECISIONS.labels('refunds', 'allow').inc()"
     )
@@ -52,7 +52,7 @@ def test_multiprocess__two_processes_count__a_third_scrapes_the_sum(tmp_path: Pa
     run(count, env)
 
     # When a third process serves a scrape
-    body = run("from apps.core.metrics import exposition; print(exposition()[0].decode())", env)
+    body = run("from controlplane.metrics import exposition; print(exposition()[0].decode())", env)
 
     # Then it reports the sum of both, next to the database's gauges
     samples = {

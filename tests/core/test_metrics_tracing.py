@@ -28,8 +28,8 @@ from apps.actions import connectors
 from apps.actions.models import Action, Status
 from apps.audit.selectors import flight_record
 from apps.core import tracing
+from apps.demo.sandbox import sandbox_seed
 from apps.registry.services import agent_key_create
-from apps.sandbox.demo import sandbox_seed
 from controlplane.celery import app as celery_app
 from tests.actions.conftest import proposal_body, propose
 from tests.conftest import other_sessions_ended

@@ -31,9 +31,9 @@ from apps.actions import connectors
 from apps.actions.gate import Proposal, action_propose
 from apps.actions.models import Action
 from apps.audit.selectors import flight_record
+from apps.demo.sandbox import sandbox_seed
 from apps.registry.models import AgentKey, Tool
 from apps.registry.services import agent_key_create
-from apps.sandbox.demo import sandbox_seed
 from apps.sandbox.models import FaultMode
 from apps.sandbox.services import faults_set
 from controlplane.celery import app as celery_app
@@ -46,7 +46,7 @@ from tests.conftest import (
 from tests.factories import make_agent, make_published_book, make_tool, make_workflow
 from tests.sandbox.conftest import SANDBOX_TOKEN, sandbox_open
 
-# Seeded sandbox orders (apps/sandbox/demo.py): 1003 holds 39.50 EUR, 1001 only 10.00 EUR.
+# Seeded sandbox orders (apps/demo/sandbox.py): 1003 holds 39.50 EUR, 1001 only 10.00 EUR.
 ROOMY_ORDER = "1003"
 SMALL_ORDER = "1001"
 ROOMY_ORDER_TOTAL = 3_950

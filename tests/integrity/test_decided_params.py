@@ -131,7 +131,7 @@ def test_propose__integral_float_on_a_raw_cedar_param__held(
     db: Any, user_for: Any, risk_user: User
 ) -> None:
     # Given access grants longer than 30 days held by a raw Cedar policy
-    from apps.books.demo import TOOLS, WORKFLOWS
+    from apps.demo.world import TOOLS, WORKFLOWS
     from tests.factories import make_agent, make_published_book, make_workflow
 
     spec = next(tool for tool in TOOLS if tool["slug"] == "grant_access")
@@ -173,7 +173,7 @@ def test_edit_approve__to_an_amount_the_book_denies__refused_naming_the_policy(
     item = held(key, 30_000)
     # When a supervisor edits it to an amount the book never allows, and approves
     with pytest.raises(ReviewInvalid) as refused:
-        review_decide(item.pk, alice, edit(amount_cents=amount_cents))
+        review_decide(item_id=item.pk, user=alice, given=edit(amount_cents=amount_cents))
     # Then the edit is refused naming the policy; nothing changed, nothing queued
     assert refused.value.errors[0][0] == "params"
     assert "issue_refund-never-above-50000" in refused.value.errors[0][1]
@@ -189,7 +189,7 @@ def test_edit_approve__to_an_amount_the_book_allows__runs_exactly_the_edit(
     # Given a held 300.00 EUR refund
     item = held(key, 30_000)
     # When a supervisor edits it to 40.00 EUR and approves
-    result = review_decide(item.pk, alice, edit(amount_cents=4_000))
+    result = review_decide(item_id=item.pk, user=alice, given=edit(amount_cents=4_000))
     assert result.final
     # Then a worker runs it, and the tool receives exactly the edited params
     outcome = action_execute(action_id=item.action.pk)
@@ -205,7 +205,7 @@ def test_approve__after_the_book_changed_to_deny__refused(
     # When version 2 lowers the hard cap to 200.00 EUR before a person approves
     republish(book, risk_user, tools=[{**REFUND_CONTROLS["tools"][0], "hard_cap": 20_000}])
     with pytest.raises(ReviewForbidden, match="issue_refund-never-above-20000"):
-        review_decide(item.pk, alice, APPROVE)
+        review_decide(item_id=item.pk, user=alice, given=APPROVE)
     # Then nothing runs
     assert reload(item.action).status == Status.PENDING_REVIEW
     assert enqueued == []
@@ -218,7 +218,7 @@ def test_approve__after_the_book_changed__decided_and_recorded_under_the_new_ver
     item = held(key, 30_000)
     # When version 2 is published and a person approves
     v2 = republish(book, risk_user, sla_minutes=45)
-    review_decide(item.pk, alice, APPROVE)
+    review_decide(item_id=item.pk, user=alice, given=APPROVE)
     # Then the action runs under version 2, which the approval records
     action = reload(item.action)
     assert (action.status, action.book_version_id) == (Status.QUEUED, v2.pk)
@@ -242,7 +242,7 @@ def test_fallback_retry__edited_to_a_denied_amount__refused(
     enqueued.clear()
     # When a person runs it again with an amount the book never allows
     with pytest.raises(ReviewInvalid, match="issue_refund-never-above-50000"):
-        review_decide(item.pk, alice, edit(amount_cents=900_000))
+        review_decide(item_id=item.pk, user=alice, given=edit(amount_cents=900_000))
     # Then no new action exists and nothing is queued
     assert Action.objects.count() == 1
     assert enqueued == []
@@ -261,7 +261,7 @@ def test_fallback_retry__run_again__decided_by_the_active_book(
     )
     # When a person approves running it again
     with pytest.raises(ReviewForbidden, match="issue_refund-never-above-2000"):
-        review_decide(item.pk, alice, APPROVE)
+        review_decide(item_id=item.pk, user=alice, given=APPROVE)
     # Then it is refused: the retry would not be decided
     assert Action.objects.count() == 1
     assert enqueued == []
@@ -280,10 +280,12 @@ def test_red_zone__second_approver_edits_the_subject__approvals_start_again(
 ) -> None:
     # Given a red-zone refund of order 1042 that alice approved
     item = held(key, 3_000)
-    assert review_decide(item.pk, alice, APPROVE).final is False
+    assert review_decide(item_id=item.pk, user=alice, given=APPROVE).final is False
 
     # When frank edits it to order 1043 and approves
-    second = review_decide(item.pk, frank, edit(order_id="1043", amount_cents=3_000))
+    second = review_decide(
+        item_id=item.pk, user=frank, given=edit(order_id="1043", amount_cents=3_000)
+    )
 
     # Then frank's approval is the first of the new params: nothing runs yet, and the item
     # names the subject that would run
@@ -294,10 +296,10 @@ def test_red_zone__second_approver_edits_the_subject__approvals_start_again(
     assert (action.params["order_id"], action.subject) == ("1043", "order:1043")
     assert enqueued == []
     with pytest.raises(ReviewForbidden, match="already approved these params"):
-        review_decide(item.pk, frank, APPROVE)
+        review_decide(item_id=item.pk, user=frank, given=APPROVE)
 
     # And when alice, who now sees order 1043, approves, it runs with those params
-    third = review_decide(item.pk, alice, APPROVE)
+    third = review_decide(item_id=item.pk, user=alice, given=APPROVE)
     assert third.final
     action = reload(item.action)
     assert action.status == Status.QUEUED
@@ -309,10 +311,10 @@ def test_red_zone__an_expired_first_approval__no_longer_counts(
 ) -> None:
     # Given a red-zone item alice approved, her approval since expired
     item = held(key, 3_000)
-    review_decide(item.pk, alice, APPROVE)
+    review_decide(item_id=item.pk, user=alice, given=APPROVE)
     ReviewDecision.objects.filter(item=item).update(expires_at=timezone.now() - timedelta(1))
     # When frank approves
-    result = review_decide(item.pk, frank, APPROVE)
+    result = review_decide(item_id=item.pk, user=frank, given=APPROVE)
     # Then his is the only approval that counts: one more person must approve
     assert result.final is False
     assert enqueued == []
@@ -342,7 +344,7 @@ def test_execute__approval_expired_before_the_run__nothing_runs(
 ) -> None:
     # Given a held refund approved and queued, whose approval expired before a worker took it
     item = held(key, 30_000)
-    review_decide(item.pk, alice, APPROVE)
+    review_decide(item_id=item.pk, user=alice, given=APPROVE)
     action = reload(item.action)
     assert action.approval_expires_at is not None
     assert action.params_digest
@@ -365,7 +367,7 @@ def test_approval__records_digest_version_and_expiry(
     item = held(key, 30_000)
     # When alice approves
     before = timezone.now()
-    review_decide(item.pk, alice, APPROVE)
+    review_decide(item_id=item.pk, user=alice, given=APPROVE)
     # Then her approval names the params, the version and when it ends; so does the action
     decision = ReviewDecision.objects.get(item=item)
     action = reload(item.action)
@@ -416,7 +418,7 @@ def test_claim__by_the_agents_owner__refused(
     owner = agent.owner
     # When the owner claims it
     with pytest.raises(ReviewForbidden, match="You own refund-bot"):
-        review_claim(item.pk, owner)
+        review_claim(item_id=item.pk, user=owner)
     # Then the item stays free for other supervisors
     item.refresh_from_db()
     assert item.claimed_by_id is None
@@ -481,7 +483,7 @@ def test_red_zone__approve_from_a_page_opened_before_an_edit__refused(
     seen = page.split('name="params_digest" value="')[1].split('"')[0]
 
     # When frank edits it to order 1043 meanwhile, and alice approves from her page
-    review_decide(item.pk, frank, edit(order_id="1043", amount_cents=3_000))
+    review_decide(item_id=item.pk, user=frank, given=edit(order_id="1043", amount_cents=3_000))
     response = client.post(
         f"/reviews/{item.pk}/decide",
         {"verdict": "approve", "reason_code": "verified", "params_digest": seen},
@@ -502,8 +504,8 @@ def test_red_zone__page_after_an_edit__first_approver_may_approve_the_new_params
 ) -> None:
     # Given a red-zone refund alice approved, then frank edited to order 1043
     item = held(key, 3_000)
-    review_decide(item.pk, alice, APPROVE)
-    review_decide(item.pk, frank, edit(order_id="1043", amount_cents=3_000))
+    review_decide(item_id=item.pk, user=alice, given=APPROVE)
+    review_decide(item_id=item.pk, user=frank, given=edit(order_id="1043", amount_cents=3_000))
     client = Client()
     assert client.login(username=alice.get_username(), password=PASSWORD)
     # When alice opens the item

@@ -38,11 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Where the code creates, approves, queues or sends actions, and why each place is safe.
 KNOWN_PATHS: dict[str, str] = {
     "apps/actions/gate.py:_record": "the gate: queues only what action_rule allowed",
-    "apps/actions/gate.py:action_enqueue": "approval: takes a Ruling of the action's own params",
-    "apps/actions/gate.py:action_retry": "a fallback run again: takes a Ruling of its params",
-    "apps/actions/gate.py:_dispatch": "sends an action queued by one of the above",
-    "apps/actions/requeue.py:actions_requeue": "sends queued actions again; the worker checks",
-    "apps/killswitches/switches.py:_resume": "sends queued actions again; the worker checks",
+    "apps/actions/enqueue.py:action_enqueue": "approval: takes a Ruling of the action's own params",
+    "apps/actions/enqueue.py:action_retry": "a fallback run again: takes a Ruling of its params",
+    "apps/actions/dispatch.py:action_send": "the one sender of actions queued by the above; "
+    "the requeue sweep and a switch's release send through it, and the worker checks",
     "apps/reviews/services.py:_apply": "approval: asks action_rule first (review_decide)",
 }
 
@@ -70,7 +69,20 @@ def _makes_run(call: ast.Call) -> str:
         return "sends to a worker"
     if name == "send_task":
         return "sends to a worker"
-    if name in ("transition", "_enter") and any(_is_queue_state(arg) for arg in call.args):
+    if name in ("task_send", "task_send_on_commit") and call.args:
+        task = call.args[0]
+        if (isinstance(task, ast.Name) and task.id == "EXECUTE") or (
+            isinstance(task, ast.Constant) and task.value == "actions.execute"
+        ):
+            return "sends to a worker"
+    steps = [
+        step
+        for arg in call.args
+        for step in (arg.elts if isinstance(arg, ast.Tuple | ast.List) else [arg])
+    ]
+    if name in ("transition", "transition_insert", "_enter") and any(
+        _is_queue_state(step) for step in steps
+    ):
         return "moves to approved or queued"
     writes = name in ("Action", "update", "create", "get_or_create", "update_or_create")
     for keyword in call.keywords:
@@ -206,8 +218,8 @@ def test_review__approve_and_edit_approve__decided_on_the_params_that_run(
         verdict=Verdict.EDIT_APPROVE, reason_code="verified",
         params=refund_params(amount_cents=4500.0),
     )  # fmt: skip
-    review_decide(ReviewItem.objects.get(action=first).pk, alice, approve)
-    review_decide(ReviewItem.objects.get(action=second).pk, alice, edit)
+    review_decide(item_id=ReviewItem.objects.get(action=first).pk, user=alice, given=approve)
+    review_decide(item_id=ReviewItem.objects.get(action=second).pk, user=alice, given=edit)
     run(first)
     run(second)
     # Then the book decided exactly the params each ran with
@@ -229,7 +241,7 @@ def test_review__fallback_run_again__decided_on_the_params_that_run(
         verdict=Verdict.EDIT_APPROVE, reason_code="verified",
         params=refund_params(amount_cents=2_000),
     )  # fmt: skip
-    retry = review_decide(item.pk, alice, edit).queued
+    retry = review_decide(item_id=item.pk, user=alice, given=edit).queued
     assert retry is not None
     run(retry)
     # Then the book decided the params the retry ran with

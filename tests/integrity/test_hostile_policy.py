@@ -34,7 +34,6 @@ from apps.accounts.roles import Role
 from apps.actions.gate import action_propose
 from apps.books.compilation import book_compile
 from apps.books.content import ToolRule
-from apps.books.demo import WORKFLOWS
 from apps.books.models import BookVersion
 from apps.books.policy import engine, limits
 from apps.books.policy.compiler import Controls, compile_controls
@@ -43,6 +42,7 @@ from apps.books.policy.schema import ToolParams, build_schema, param_types
 from apps.books.policy.source import split_statements
 from apps.books.policy.validation import validate_policies
 from apps.books.services import draft_create, draft_update
+from apps.demo.world import WORKFLOWS
 from apps.ledger.backtest import backtest_request
 from apps.ledger.models import Backtest
 from apps.registry.models import Agent, Workflow

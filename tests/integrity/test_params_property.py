@@ -19,7 +19,7 @@ from apps.actions.decision import action_rule, active_version
 from apps.actions.execution import action_execute
 from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action, Status
-from apps.books.demo import TOOLS, WORKFLOWS, demo_world_ensure
+from apps.demo.world import TOOLS, WORKFLOWS, demo_world_ensure
 from apps.registry.models import Agent, Tool
 from apps.registry.services import IssuedKey, agent_key_create
 from tests.actions import tools

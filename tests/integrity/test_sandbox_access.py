@@ -16,10 +16,10 @@ from django.test import Client
 from apps.accounts.roles import Role
 from apps.actions import connectors
 from apps.actions.connectors import ConnectorFailure, call_tool
+from apps.demo.agents import demo_tools_credential_ensure
+from apps.demo.sandbox import sandbox_seed
 from apps.registry.models import Tool
-from apps.runtime.demo import demo_tools_credential_ensure
 from apps.sandbox.config import sandbox_token
-from apps.sandbox.demo import sandbox_seed
 from apps.sandbox.models import IdempotencyRecord, Refund, SandboxFaults
 from apps.sandbox.services import faults_set
 from controlplane.environment import ConfigurationError

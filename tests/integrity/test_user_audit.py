@@ -162,7 +162,7 @@ def test_create_user_command__generated_password__event_by_the_command_without_i
 def test_seed_demo__users_made_then_repaired__each_change_audited_once(
     settings: Any, tmp_path: Any
 ) -> None:
-    from apps.accounts.demo import demo_users_ensure
+    from apps.demo.people import demo_users_ensure
 
     settings.VAR_DIR = tmp_path
     # Given the demo users, made by the seed

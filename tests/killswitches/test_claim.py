@@ -18,7 +18,7 @@ from apps.actions import execution
 from apps.actions.execution import Claim, ClaimResult, _claim, action_execute
 from apps.actions.models import Action, Status
 from apps.audit.models import AuditEvent
-from apps.killswitches.fence import fence_for_engage
+from apps.killswitches.coverage import fence_for_engage
 from apps.killswitches.models import KillSwitch
 from apps.killswitches.switches import switch_engage
 from tests.execution.conftest import own_queue  # noqa: F401 (fixture)

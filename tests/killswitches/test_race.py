@@ -29,7 +29,8 @@ from django.db.models import Count
 from apps.accounts.roles import Role
 from apps.actions.gate import Proposal, action_propose
 from apps.actions.models import Action, Status
-from apps.killswitches.models import KillSwitch, in_scope
+from apps.killswitches.coverage import in_scope
+from apps.killswitches.models import KillSwitch
 from apps.killswitches.proof import switch_proof
 from apps.killswitches.switches import switch_engage
 from apps.registry.models import Agent, AgentKey, Tool

@@ -36,7 +36,9 @@ APPROVE = DecisionInput(verdict=Verdict.APPROVE, reason_code="within-policy")
 REJECT = DecisionInput(verdict=Verdict.REJECT, reason_code="insufficient-evidence")
 
 
-def test_a_held_action_opens_an_item_with_the_books_sla(book: BookVersion, key: IssuedKey) -> None:
+def test_hold__action_held_by_the_book__item_opened_with_the_books_sla(
+    book: BookVersion, key: IssuedKey
+) -> None:
     item = hold(key)
     assert item.kind == Kind.HOLD
     assert item.state == State.OPEN
@@ -48,7 +50,7 @@ def test_a_held_action_opens_an_item_with_the_books_sla(book: BookVersion, key: 
     assert AuditEvent.objects.filter(verb="review.opened", target_id=str(item.pk)).count() == 1
 
 
-def test_approve_queues_the_action_at_once(
+def test_review_decide__approve__action_queued_at_once(
     book: BookVersion,
     key: IssuedKey,
     alice: User,
@@ -57,7 +59,7 @@ def test_approve_queues_the_action_at_once(
 ) -> None:
     item = hold(key)
     with django_capture_on_commit_callbacks(execute=True):
-        result = review_decide(item.pk, alice, APPROVE)
+        result = review_decide(item_id=item.pk, user=alice, given=APPROVE)
     action = reload(item.action)
     assert result.final
     assert action.status == Status.QUEUED
@@ -69,24 +71,24 @@ def test_approve_queues_the_action_at_once(
     assert audit_verify().intact
 
 
-def test_reject_ends_the_action_and_runs_nothing(
+def test_review_decide__reject__action_rejected_and_nothing_runs(
     book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
 ) -> None:
     item = hold(key)
-    review_decide(item.pk, alice, REJECT)
+    review_decide(item_id=item.pk, user=alice, given=REJECT)
     assert reload(item.action).status == Status.REJECTED
     assert enqueued == []
 
 
-def test_edit_and_approve_runs_the_edited_params_and_records_the_diff(
+def test_review_decide__edit_approve__edited_params_run_and_diff_recorded(
     book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
 ) -> None:
     item = hold(key, amount_cents=12_000)
     edited = refund_params(amount_cents=9_000)
     review_decide(
-        item.pk,
-        alice,
-        DecisionInput(verdict=Verdict.EDIT_APPROVE, reason_code="verified", params=edited),
+        item_id=item.pk,
+        user=alice,
+        given=DecisionInput(verdict=Verdict.EDIT_APPROVE, reason_code="verified", params=edited),
     )
     action = reload(item.action)
     assert action.params == edited
@@ -106,16 +108,18 @@ def test_edit_and_approve_runs_the_edited_params_and_records_the_diff(
         ({"order_id": "1042", "currency": "EUR", "reason": "x"}, "params.amount_cents"),
     ],
 )
-def test_an_edit_the_tool_refuses_changes_nothing(
+def test_review_decide__edit_the_tool_refuses__invalid_and_nothing_changed(
     book: BookVersion, key: IssuedKey, alice: User, params: dict[str, object], field: str
 ) -> None:
     item = hold(key)
     before = reload(item.action).params
     with pytest.raises(ReviewInvalid) as refused:
         review_decide(
-            item.pk,
-            alice,
-            DecisionInput(verdict=Verdict.EDIT_APPROVE, reason_code="verified", params=params),
+            item_id=item.pk,
+            user=alice,
+            given=DecisionInput(
+                verdict=Verdict.EDIT_APPROVE, reason_code="verified", params=params
+            ),
         )
     assert refused.value.errors[0][0] == field
     assert reload(item.action).params == before
@@ -139,61 +143,63 @@ def test_an_edit_the_tool_refuses_changes_nothing(
         (DecisionInput(verdict="maybe", reason_code="other"), "verdict"),
     ],
 )
-def test_every_decision_needs_a_valid_reason(
+def test_review_decide__reason_missing_or_invalid__invalid_naming_the_field(
     book: BookVersion, key: IssuedKey, alice: User, given: DecisionInput, field: str
 ) -> None:
     item = hold(key)
     with pytest.raises(ReviewInvalid) as refused:
-        review_decide(item.pk, alice, given)
+        review_decide(item_id=item.pk, user=alice, given=given)
     assert refused.value.field == field
     assert reload(item.action).status == Status.PENDING_REVIEW
 
 
-def test_other_with_words_is_a_reason(book: BookVersion, key: IssuedKey, alice: User) -> None:
+def test_review_decide__other_with_words__reason_text_recorded(
+    book: BookVersion, key: IssuedKey, alice: User
+) -> None:
     item = hold(key)
     given = DecisionInput(
         verdict=Verdict.REJECT, reason_code="other", reason_text="Customer withdrew"
     )
-    review_decide(item.pk, alice, given)
+    review_decide(item_id=item.pk, user=alice, given=given)
     assert ReviewDecision.objects.get(item=item).reason_text == "Customer withdrew"
 
 
-def test_the_agents_owner_can_never_approve_its_proposal(
+def test_review_decide__by_the_agents_owner__forbidden(
     book: BookVersion, key: IssuedKey, alice: User, agent: Agent
 ) -> None:
     agent.owner = alice
     agent.save()
     item = hold(key)
     with pytest.raises(ReviewForbidden, match="You own refund-bot"):
-        review_decide(item.pk, alice, APPROVE)
+        review_decide(item_id=item.pk, user=alice, given=APPROVE)
     assert reload(item.action).status == Status.PENDING_REVIEW
 
 
-def test_a_decided_item_refuses_a_second_decision_with_a_message(
+def test_review_decide__item_already_decided__conflict_naming_the_decision(
     book: BookVersion, key: IssuedKey, alice: User, frank: User
 ) -> None:
     item = hold(key)
-    review_decide(item.pk, alice, REJECT)
+    review_decide(item_id=item.pk, user=alice, given=REJECT)
     with pytest.raises(ReviewConflict, match="Already decided: reject by alice"):
-        review_decide(item.pk, frank, APPROVE)
+        review_decide(item_id=item.pk, user=frank, given=APPROVE)
     assert reload(item.action).status == Status.REJECTED
     assert ReviewDecision.objects.filter(item=item).count() == 1
 
 
-def test_claims_keep_two_supervisors_apart(
+def test_review_claim__claimed_by_another__claim_decide_and_unclaim_refused(
     book: BookVersion, key: IssuedKey, alice: User, frank: User
 ) -> None:
     item = hold(key)
-    review_claim(item.pk, alice)
+    review_claim(item_id=item.pk, user=alice)
     with pytest.raises(ReviewConflict, match="Already claimed by alice"):
-        review_claim(item.pk, frank)
+        review_claim(item_id=item.pk, user=frank)
     with pytest.raises(ReviewConflict, match="Claimed by alice"):
-        review_decide(item.pk, frank, APPROVE)
+        review_decide(item_id=item.pk, user=frank, given=APPROVE)
     with pytest.raises(ReviewConflict, match="not claimed"):
-        review_unclaim(item.pk, frank)
-    review_unclaim(item.pk, alice)
-    review_claim(item.pk, frank)
-    review_decide(item.pk, frank, APPROVE)
+        review_unclaim(item_id=item.pk, user=frank)
+    review_unclaim(item_id=item.pk, user=alice)
+    review_claim(item_id=item.pk, user=frank)
+    review_decide(item_id=item.pk, user=frank, given=APPROVE)
     item.refresh_from_db()
     assert item.claimed_by == frank
     assert item.outcome == Verdict.APPROVE
@@ -212,13 +218,13 @@ def red_book(book: BookVersion, risk_user: User) -> BookVersion:
     return book_publish(version_id=draft.pk, user=risk_user, change_note="red refunds")
 
 
-def test_a_red_zone_item_needs_two_different_approvers(
+def test_review_decide__red_zone_item__needs_two_different_approvers(
     red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
 ) -> None:
     item = hold(key, amount_cents=3_000)  # red zone: held whatever the amount
     assert (item.zone, item.approvals_required) == ("red", 2)
 
-    first = review_decide(item.pk, alice, APPROVE)
+    first = review_decide(item_id=item.pk, user=alice, given=APPROVE)
     assert not first.final
     assert "Approval 1 of 2" in first.messages[0]
     item.refresh_from_db()
@@ -228,30 +234,30 @@ def test_a_red_zone_item_needs_two_different_approvers(
     assert enqueued == []
 
     with pytest.raises(ReviewForbidden, match="second, different person"):
-        review_decide(item.pk, alice, APPROVE)
+        review_decide(item_id=item.pk, user=alice, given=APPROVE)
 
-    second = review_decide(item.pk, frank, APPROVE)
+    second = review_decide(item_id=item.pk, user=frank, given=APPROVE)
     assert second.final
     assert reload(item.action).status == Status.QUEUED
     assert [d.user for d in ReviewDecision.objects.filter(item=item)] == [alice, frank]
     assert [d.final for d in ReviewDecision.objects.filter(item=item)] == [False, True]
 
 
-def test_one_rejection_ends_a_red_zone_item(
+def test_review_decide__red_zone_item_rejected_once__action_rejected(
     red_book: BookVersion, key: IssuedKey, alice: User, frank: User
 ) -> None:
     item = hold(key, amount_cents=3_000)
-    review_decide(item.pk, alice, APPROVE)
-    review_decide(item.pk, frank, REJECT)
+    review_decide(item_id=item.pk, user=alice, given=APPROVE)
+    review_decide(item_id=item.pk, user=frank, given=REJECT)
     assert reload(item.action).status == Status.REJECTED
 
 
-def test_every_decision_is_audited_in_an_intact_chain(
+def test_review_decide__claimed_then_rejected__audited_in_an_intact_chain(
     book: BookVersion, key: IssuedKey, alice: User
 ) -> None:
     item = hold(key)
-    review_claim(item.pk, alice)
-    review_decide(item.pk, alice, REJECT)
+    review_claim(item_id=item.pk, user=alice)
+    review_decide(item_id=item.pk, user=alice, given=REJECT)
     verbs = list(
         AuditEvent.objects.filter(target_id=str(item.pk), target_type="reviews.reviewitem")
         .order_by("sequence")
@@ -261,11 +267,12 @@ def test_every_decision_is_audited_in_an_intact_chain(
     assert audit_verify().intact
 
 
-def test_the_queue_tally_follows_every_open_and_close(
+def test_queue_tally__items_opened_and_closed__matches_the_open_items(
     book: BookVersion, key: IssuedKey, alice: User
 ) -> None:
+    from apps.reviews.items import queue_tally_rebuild, review_withdraw
     from apps.reviews.models import QueueTally, ReviewItem
-    from apps.reviews.services import queue_tally_rebuild, review_withdraw, reviews_sweep
+    from apps.reviews.services import reviews_sweep
 
     def tally() -> int:
         return QueueTally.objects.get(workflow=book.workflow).open
@@ -275,10 +282,10 @@ def test_the_queue_tally_follows_every_open_and_close(
 
     items = [hold(key, amount_cents=6_000 + i, idempotency_key=f"t{i}") for i in range(5)]
     assert tally() == counted() == 5
-    review_decide(items[0].pk, alice, APPROVE)
-    review_decide(items[1].pk, alice, REJECT)
+    review_decide(item_id=items[0].pk, user=alice, given=APPROVE)
+    review_decide(item_id=items[1].pk, user=alice, given=REJECT)
     review_withdraw(items[2].action, actor="system:test", note="drained")
-    reviews_sweep(items[3].expires_at + timedelta(seconds=1))  # expires 3 and 4
+    reviews_sweep(now=items[3].expires_at + timedelta(seconds=1))  # expires 3 and 4
     assert tally() == counted() == 0
     hold(key, amount_cents=7_000, idempotency_key="again")
     assert tally() == counted() == 1

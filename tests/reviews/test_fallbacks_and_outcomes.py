@@ -22,8 +22,9 @@ from apps.actions.states import transition
 from apps.books.models import BookVersion
 from apps.registry.models import Agent, Tool
 from apps.registry.services import IssuedKey
+from apps.reviews.items import review_open
 from apps.reviews.models import Kind, ReviewItem, State, Verdict
-from apps.reviews.services import DecisionInput, review_decide, review_open
+from apps.reviews.services import DecisionInput, review_decide
 from tests.reviews.conftest import hold, reload
 
 pytestmark = pytest.mark.django_db
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.django_db
 APPROVE = DecisionInput(verdict=Verdict.APPROVE, reason_code="within-policy")
 
 
-def test_a_failed_action_becomes_a_fallback_item_for_the_escalation_owner(
+def test_action_execute__tool_unreachable__fallback_item_for_the_escalation_owner(
     book: BookVersion,
     key: IssuedKey,
     alice: User,
@@ -65,7 +66,7 @@ def test_a_failed_action_becomes_a_fallback_item_for_the_escalation_owner(
 
     # Approving a fallback runs the action again, as a new action with its own key downstream.
     with django_capture_on_commit_callbacks(execute=True):
-        result = review_decide(item.pk, alice, APPROVE)
+        result = review_decide(item_id=item.pk, user=alice, given=APPROVE)
     retry = result.queued
     assert retry is not None
     assert retry.pk != action.pk
@@ -78,7 +79,7 @@ def test_a_failed_action_becomes_a_fallback_item_for_the_escalation_owner(
     assert reload(action).status == Status.FAILED  # the original stays as it ended
 
 
-def test_a_circuit_broken_proposal_is_a_fallback_held_for_the_owner(
+def test_action_propose__tool_circuit_open__fallback_held_for_the_owner(
     book: BookVersion, key: IssuedKey, refund_tool: Tool, risk_user: User
 ) -> None:
     from django.utils import timezone
@@ -98,7 +99,7 @@ def test_a_circuit_broken_proposal_is_a_fallback_held_for_the_owner(
     assert "HTTP 503" in item.error
 
 
-def test_a_spot_check_confirms_or_flags_an_executed_action(
+def test_review_decide__spot_check_rejected__rework_recorded_and_nothing_runs(
     book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
 ) -> None:
     from apps.actions.gate import action_propose
@@ -109,7 +110,9 @@ def test_a_spot_check_confirms_or_flags_an_executed_action(
         transition(action, status, actor="system:test")
     item = review_open(action, Kind.SPOT_CHECK, actor="system:test")
     decided = review_decide(
-        item.pk, alice, DecisionInput(verdict=Verdict.REJECT, reason_code="wrong-amount")
+        item_id=item.pk,
+        user=alice,
+        given=DecisionInput(verdict=Verdict.REJECT, reason_code="wrong-amount"),
     )
     assert decided.queued is None
     item.refresh_from_db()
@@ -117,7 +120,7 @@ def test_a_spot_check_confirms_or_flags_an_executed_action(
     assert reload(action).status == Status.SUCCEEDED  # the record of rework; nothing runs
 
 
-def test_the_api_reflects_the_human_decision(
+def test_action_api__after_a_human_decision__status_reflects_it(
     book: BookVersion, key: IssuedKey, alice: User
 ) -> None:
     item = hold(key)
@@ -125,7 +128,11 @@ def test_the_api_reflects_the_human_decision(
     headers = {"Authorization": f"Bearer {key.key}"}
     before = client.get(f"/api/v1/actions/{item.action_id}", headers=headers).json()
     assert before["status"] == "pending_review"
-    review_decide(item.pk, alice, DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"))
+    review_decide(
+        item_id=item.pk,
+        user=alice,
+        given=DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"),
+    )
     after = client.get(f"/api/v1/actions/{item.action_id}", headers=headers).json()
     assert after["status"] == "rejected"
 
@@ -155,7 +162,7 @@ def receiver() -> Iterator[str]:
     server.server_close()
 
 
-def test_the_agents_callback_is_signed_retried_and_recorded(
+def test_callback_deliver__agent_with_callback_url__signed_retried_and_recorded(
     book: BookVersion,
     key: IssuedKey,
     alice: User,
@@ -171,7 +178,9 @@ def test_the_agents_callback_is_signed_retried_and_recorded(
     item = hold(key)
     with django_capture_on_commit_callbacks(execute=True):
         review_decide(
-            item.pk, alice, DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate")
+            item_id=item.pk,
+            user=alice,
+            given=DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"),
         )
     delivery = CallbackDelivery.objects.get(action=item.action)
     assert sent == [delivery.pk]
@@ -203,13 +212,21 @@ def test_the_agents_callback_is_signed_retried_and_recorded(
     assert len(_Receiver.received) == 2
 
 
-def test_no_callback_without_a_url(book: BookVersion, key: IssuedKey, alice: User) -> None:
+def test_reject__agent_without_callback_url__no_callback(
+    book: BookVersion, key: IssuedKey, alice: User
+) -> None:
     item = hold(key)
-    review_decide(item.pk, alice, DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"))
+    review_decide(
+        item_id=item.pk,
+        user=alice,
+        given=DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"),
+    )
     assert not CallbackDelivery.objects.exists()
 
 
-def test_each_agent_has_its_own_callback_secret(agent: Agent, user_for: Any) -> None:
+def test_make_agent__two_agents__each_has_its_own_callback_secret(
+    agent: Agent, user_for: Any
+) -> None:
     from tests.factories import make_agent
 
     other = make_agent("other-bot", owner=agent.owner)

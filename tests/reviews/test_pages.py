@@ -22,7 +22,7 @@ HTMX = {"HX-Request": "true"}
 
 
 @pytest.mark.parametrize("role", [Role.RISK, Role.FINANCE, Role.ONCALL, None])
-def test_only_supervisors_reach_the_queue_and_items(
+def test_review_pages__without_the_supervisor_role__403(
     book: BookVersion, key: IssuedKey, client_for: Any, role: Role | None
 ) -> None:
     item = hold(key)
@@ -36,14 +36,14 @@ def test_only_supervisors_reach_the_queue_and_items(
     assert reload(item.action).status == Status.PENDING_REVIEW
 
 
-def test_signed_out_people_are_sent_to_sign_in(book: BookVersion, key: IssuedKey) -> None:
+def test_item_page__signed_out__redirected_to_sign_in(book: BookVersion, key: IssuedKey) -> None:
     item = hold(key)
     response = Client().get(f"/reviews/{item.pk}/")
     assert response.status_code == 302
     assert "/accounts/login/" in response["Location"]
 
 
-def test_the_queue_lists_counts_and_filters(
+def test_queue_page__items_held__listed_counted_and_filtered(
     book: BookVersion, key: IssuedKey, client_for: Any
 ) -> None:
     first = hold(key, amount_cents=12_000, subject="order:1043")
@@ -70,7 +70,9 @@ def test_the_queue_lists_counts_and_filters(
     assert f'href="/reviews/{first.pk}/"' in yellow
 
 
-def test_bad_filters_are_named_not_a_500(book: BookVersion, client_for: Any) -> None:
+def test_queue_page__bad_filters__422_naming_each_filter(
+    book: BookVersion, client_for: Any
+) -> None:
     response = client_for(Role.SUPERVISOR).get("/reviews/?zone=purple&page=zero&workflow=nope")
     assert response.status_code == 422
     page = response.content.decode()
@@ -79,7 +81,7 @@ def test_bad_filters_are_named_not_a_500(book: BookVersion, client_for: Any) -> 
     assert 'id="workflow-error"' in page
 
 
-def test_the_item_page_tells_the_whole_story(
+def test_item_page__held_item__shows_the_whole_story(
     book: BookVersion, key: IssuedKey, client_for: Any
 ) -> None:
     item = hold(key, amount_cents=12_000)
@@ -93,7 +95,7 @@ def test_the_item_page_tells_the_whole_story(
     assert 'name="param.amount_cents" value="120.00"' in page
 
 
-def test_prior_actions_on_the_subject_are_shown(
+def test_item_page__earlier_actions_on_the_subject__shown(
     book: BookVersion, key: IssuedKey, client_for: Any
 ) -> None:
     earlier = hold(key, amount_cents=6_000)
@@ -104,7 +106,7 @@ def test_prior_actions_on_the_subject_are_shown(
     assert earlier.action.status in page
 
 
-def test_deciding_through_the_page_with_an_edited_amount(
+def test_decide_page__edited_amount__edited_params_queued(
     book: BookVersion, key: IssuedKey, client_for: Any, enqueued: list[str]
 ) -> None:
     item = hold(key, amount_cents=12_000)
@@ -133,7 +135,7 @@ def test_deciding_through_the_page_with_an_edited_amount(
     ("amount", "message"),
     [("ninety", "must be an amount in EUR"), ("90.505", "at most 2 decimals"), ("0", "minimum")],
 )
-def test_a_bad_edit_is_shown_next_to_the_field(
+def test_decide_page__bad_edited_amount__422_next_to_the_field(
     book: BookVersion, key: IssuedKey, client_for: Any, amount: str, message: str
 ) -> None:
     item = hold(key)
@@ -150,7 +152,7 @@ def test_a_bad_edit_is_shown_next_to_the_field(
     assert reload(item.action).params["amount_cents"] == 12_000
 
 
-def test_a_missing_reason_is_shown_next_to_the_field(
+def test_decide_page__missing_reason__422_next_to_the_field(
     book: BookVersion, key: IssuedKey, client_for: Any
 ) -> None:
     item = hold(key)
@@ -161,7 +163,7 @@ def test_a_missing_reason_is_shown_next_to_the_field(
     assert 'id="reason_code-error"' in response.content.decode()
 
 
-def test_a_decision_someone_else_made_first_is_a_message_not_a_500(
+def test_decide_page__decided_by_someone_else_first__409_with_a_message(
     book: BookVersion, key: IssuedKey, client_for: Any, frank_client: Client
 ) -> None:
     item = hold(key)
@@ -172,7 +174,7 @@ def test_a_decision_someone_else_made_first_is_a_message_not_a_500(
     assert "Already decided: reject by frank" in late.content.decode()
 
 
-def test_claim_and_unclaim_from_the_page(
+def test_claim_page__claim_then_unclaim__claim_shown_and_others_refused(
     book: BookVersion, key: IssuedKey, client_for: Any, frank_client: Client, alice: User
 ) -> None:
     item = hold(key)
@@ -193,7 +195,9 @@ def test_claim_and_unclaim_from_the_page(
     assert item.claimed_by is None
 
 
-def test_forms_need_csrf(book: BookVersion, key: IssuedKey, alice: User) -> None:
+def test_decide_page__without_csrf_token__403_and_item_open(
+    book: BookVersion, key: IssuedKey, alice: User
+) -> None:
     item = hold(key)
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)
@@ -205,7 +209,7 @@ def test_forms_need_csrf(book: BookVersion, key: IssuedKey, alice: User) -> None
     assert item.state == State.OPEN
 
 
-def test_the_status_fragment_polls_while_the_action_is_on_its_way(
+def test_status_fragment__action_on_its_way__polls_every_second(
     book: BookVersion, key: IssuedKey, client_for: Any
 ) -> None:
     item = hold(key)
@@ -218,7 +222,7 @@ def test_the_status_fragment_polls_while_the_action_is_on_its_way(
     assert ">queued<" in fragment
 
 
-def test_feedback_exports_as_json_lines_for_risk(
+def test_feedback_export__risk_role__decisions_as_json_lines(
     book: BookVersion, key: IssuedKey, client_for: Any, alice: User
 ) -> None:
     from apps.reviews.models import Verdict
@@ -226,7 +230,9 @@ def test_feedback_exports_as_json_lines_for_risk(
 
     item = hold(key)
     review_decide(
-        item.pk, alice, DecisionInput(verdict=Verdict.REJECT, reason_code="other", reason_text="No")
+        item_id=item.pk,
+        user=alice,
+        given=DecisionInput(verdict=Verdict.REJECT, reason_code="other", reason_text="No"),
     )
     assert client_for(Role.SUPERVISOR).get("/reviews/feedback.jsonl").status_code == 403
     response = client_for(Role.RISK).get("/reviews/feedback.jsonl")
@@ -242,7 +248,7 @@ def test_feedback_exports_as_json_lines_for_risk(
     assert record["decided_by"] == "alice"
 
 
-def test_the_feedback_command_writes_json_lines(
+def test_export_feedback_command__decisions__written_as_json_lines(
     book: BookVersion, key: IssuedKey, alice: User, tmp_path: Any
 ) -> None:
     from django.core.management import CommandError, call_command
@@ -251,7 +257,11 @@ def test_the_feedback_command_writes_json_lines(
     from apps.reviews.services import DecisionInput, review_decide
 
     item = hold(key)
-    review_decide(item.pk, alice, DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"))
+    review_decide(
+        item_id=item.pk,
+        user=alice,
+        given=DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"),
+    )
     target = tmp_path / "feedback.jsonl"
     call_command("export_feedback", "--output", str(target))
     records = [json.loads(line) for line in target.read_text().splitlines()]
@@ -265,7 +275,7 @@ def test_the_feedback_command_writes_json_lines(
         call_command("export_feedback", "--output", str(tmp_path / "missing" / "x.jsonl"))
 
 
-def test_an_agent_key_cannot_decide_its_own_proposal(book: BookVersion, key: IssuedKey) -> None:
+def test_decide_page__agent_key__redirected_to_sign_in(book: BookVersion, key: IssuedKey) -> None:
     # Agent keys reach the agent API only: the review pages ask for a signed-in person.
     item = hold(key)
     response = Client().post(

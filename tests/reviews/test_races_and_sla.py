@@ -26,7 +26,7 @@ REJECT = DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate")
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("rounds", range(3))
-def test_two_supervisors_clicking_at_once_exactly_one_wins(
+def test_review_decide__two_supervisors_at_once__exactly_one_wins(
     book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str], rounds: int
 ) -> None:
     item = hold(key)
@@ -35,7 +35,7 @@ def test_two_supervisors_clicking_at_once_exactly_one_wins(
 
     def decide(index: int) -> str:
         try:
-            review_decide(item.pk, people[index], verdicts[index])
+            review_decide(item_id=item.pk, user=people[index], given=verdicts[index])
         except ReviewConflict as conflict:
             return f"conflict: {conflict.message}"
         return "won"
@@ -52,7 +52,7 @@ def test_two_supervisors_clicking_at_once_exactly_one_wins(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_many_supervisors_on_a_red_item_give_exactly_two_approvals(
+def test_review_decide__four_supervisors_on_a_red_item__exactly_two_approvals(
     book: BookVersion, key: IssuedKey, enqueued: list[str], risk_user: User
 ) -> None:
     from apps.books.services import book_publish, draft_create, draft_update
@@ -68,7 +68,11 @@ def test_many_supervisors_on_a_red_item_give_exactly_two_approvals(
 
     def decide(index: int) -> str:
         try:
-            return "final" if review_decide(item.pk, people[index], APPROVE).final else "first"
+            return (
+                "final"
+                if review_decide(item_id=item.pk, user=people[index], given=APPROVE).final
+                else "first"
+            )
         except ReviewConflict:
             return "conflict"
 
@@ -80,14 +84,14 @@ def test_many_supervisors_on_a_red_item_give_exactly_two_approvals(
 
 
 @pytest.mark.django_db
-def test_an_overdue_item_escalates_to_the_owner_once(
+def test_reviews_sweep__overdue_item__escalated_to_the_owner_once(
     book: BookVersion, key: IssuedKey, risk_user: User
 ) -> None:
     item = hold(key)
-    assert reviews_sweep(item.deadline - timedelta(seconds=1)).escalated == []
+    assert reviews_sweep(now=item.deadline - timedelta(seconds=1)).escalated == []
     later = item.deadline + timedelta(seconds=1)
-    assert reviews_sweep(later).escalated == [item.pk]
-    assert reviews_sweep(later + timedelta(minutes=5)).escalated == []
+    assert reviews_sweep(now=later).escalated == [item.pk]
+    assert reviews_sweep(now=later + timedelta(minutes=5)).escalated == []
     item.refresh_from_db()
     assert item.escalated_to == risk_user
     assert item.escalated_at == later
@@ -98,11 +102,11 @@ def test_an_overdue_item_escalates_to_the_owner_once(
 
 
 @pytest.mark.django_db
-def test_a_timeout_never_approves_it_expires(
+def test_reviews_sweep__past_expiry__expired_never_approved(
     book: BookVersion, key: IssuedKey, enqueued: list[str], alice: User
 ) -> None:
     item = hold(key)
-    report = reviews_sweep(item.expires_at + timedelta(seconds=1))
+    report = reviews_sweep(now=item.expires_at + timedelta(seconds=1))
     assert report.expired == [item.pk]
     assert report.escalated == [item.pk]  # overdue first, then expired, in one sweep
     item.refresh_from_db()
@@ -110,20 +114,20 @@ def test_a_timeout_never_approves_it_expires(
     assert reload(item.action).status == Status.EXPIRED
     assert enqueued == []
     with pytest.raises(ReviewConflict, match="expired before anyone decided"):
-        review_decide(item.pk, alice, APPROVE)
+        review_decide(item_id=item.pk, user=alice, given=APPROVE)
 
 
 @pytest.mark.django_db
-def test_the_sweep_leaves_fresh_items_alone(book: BookVersion, key: IssuedKey) -> None:
+def test_reviews_sweep__fresh_item__left_alone(book: BookVersion, key: IssuedKey) -> None:
     item = hold(key)
-    report = reviews_sweep(timezone.now())
+    report = reviews_sweep(now=timezone.now())
     assert (report.escalated, report.expired) == ([], [])
     item.refresh_from_db()
     assert item.escalated_at is None
 
 
 @pytest.mark.django_db
-def test_the_sweep_runs_from_the_scheduler(settings: Any) -> None:
+def test_sweep_reviews__scheduled__runs_the_sweep(settings: Any) -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["review-sla"]
     assert entry["task"] == "reviews.sweep"
     from apps.reviews.tasks import sweep_reviews

@@ -121,10 +121,10 @@ def demo_world(
     URL."""
     from apps.accounts.roles import Role
     from apps.actions import connectors
-    from apps.books.demo import SANDBOX, demo_world_ensure
+    from apps.demo import agents
+    from apps.demo.sandbox import sandbox_seed
+    from apps.demo.world import SANDBOX, demo_world_ensure
     from apps.registry.models import Tool
-    from apps.runtime import demo
-    from apps.sandbox.demo import sandbox_seed
     from tests.sandbox.conftest import sandbox_open
 
     sandbox_open(settings)
@@ -139,8 +139,8 @@ def demo_world(
         tool.undo_endpoint_url = tool.undo_endpoint_url.replace(SANDBOX, sandbox)
         tool.save()
     sandbox_seed()
-    demo.demo_runtime_ensure()
+    agents.demo_runtime_ensure()
     yield sandbox
     # Keep-alive connections hold live-server threads (and their database connections) open.
     connectors._pool.clear()
-    demo._http.clear()
+    agents._http.clear()

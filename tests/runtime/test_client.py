@@ -70,7 +70,11 @@ def test_wait__held_action__times_out_then_sees_the_approval(
     def approve() -> None:
         time.sleep(0.3)
         item = ReviewItem.objects.get(action_id=action.id)
-        review_decide(item.pk, user_for(Role.SUPERVISOR), DecisionInput("approve", "verified"))
+        review_decide(
+            item_id=item.pk,
+            user=user_for(Role.SUPERVISOR),
+            given=DecisionInput("approve", "verified"),
+        )
 
     approver = threading.Thread(target=approve)
     approver.start()

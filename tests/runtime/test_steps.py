@@ -120,7 +120,11 @@ def test_held_step__waits_then_resumes_after_approval(user_for: Any, own_queue: 
     assert runtime_sweep().resumed == []
     # When a supervisor approves the held refund
     item = ReviewItem.objects.get(action=action, kind="hold")
-    review_decide(item.pk, user_for(Role.SUPERVISOR), DecisionInput("approve", "within-policy"))
+    review_decide(
+        item_id=item.pk,
+        user=user_for(Role.SUPERVISOR),
+        given=DecisionInput("approve", "within-policy"),
+    )
     # Then the sweep resumes the step, and the next step sees the decided action
     assert runtime_sweep().resumed == [only_step(run).pk]
     first = only_step(run)
@@ -145,7 +149,11 @@ def test_held_step__rejected__run_moves_on_with_the_rejection(
     run = run_start(workflow="rt-held", subject="order:1003")
     step_execute(step_id=only_step(run).pk)
     item = ReviewItem.objects.get()
-    review_decide(item.pk, user_for(Role.SUPERVISOR), DecisionInput("reject", "wrong-amount"))
+    review_decide(
+        item_id=item.pk,
+        user=user_for(Role.SUPERVISOR),
+        given=DecisionInput("reject", "wrong-amount"),
+    )
     runtime_sweep()
     step_execute(step_id=only_step(run, 1).pk)
     assert (only_step(run, 1).output or {})["earlier"] == ["rejected"]

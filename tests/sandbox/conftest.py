@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from apps.sandbox.demo import sandbox_seed
+from apps.demo.sandbox import sandbox_seed
 from apps.sandbox.models import Order
 
 # The sandbox's credential in tests (SANDBOX_TOKEN), which the tools pointed at it carry.

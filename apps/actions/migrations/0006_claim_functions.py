@@ -5,7 +5,7 @@ PostgreSQL planned them each time: of a refused claim's 1.9 ms, about 1 ms was p
 a PL/pgSQL function a statement is planned once per connection and its plan kept. Both functions
 are VOLATILE, so each statement in them reads with a snapshot of its own, taken when it starts:
 the statement after the fence sees every switch committed before the fence was granted
-(apps/killswitches/fence.py). The fence's key is FENCE_KEY there.
+(apps/killswitches/coverage.py). The fence's key is FENCE_KEY there.
 
 - `actions_claim_look(id)`: the action's status and whether an engaged switch covers it, behind
   the fence, nothing written. Called outside a transaction, it is one statement and one

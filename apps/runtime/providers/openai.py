@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import urllib3
 
+from apps.core.backoff import backoff
 from apps.runtime.pii import mask_text
 from apps.runtime.pricing import estimate_tokens
 from apps.runtime.providers import ModelReply, ModelRequest, ProviderError, ProviderUnavailable
@@ -37,12 +37,6 @@ logger = logging.getLogger(__name__)
 _pool = urllib3.PoolManager(num_pools=8, maxsize=8, retries=False)
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry `attempt` (1-based): exponential from 0.25 s, capped, jittered."""
-    delay: float = min(0.25 * 2.0 ** (attempt - 1), 4.0)
-    return delay * random.uniform(0.8, 1.2)  # noqa: S311
 
 
 def parse_answer(text: str) -> tuple[Mapping[str, Any] | None, float | None]:
@@ -110,7 +104,8 @@ class OpenAIProvider:
                     if opened:
                         logger.warning("circuit opened for provider %s: %s", self.name, exc.message)
                 attempt += 1
-                wait = backoff(attempt)
+                # Short: the step waits for this call, within its own time limit.
+                wait = backoff(attempt, base=0.25, cap=4.0)
                 out_of_time = (
                     request.deadline is not None and time.monotonic() + wait >= request.deadline
                 )

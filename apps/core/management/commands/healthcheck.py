@@ -8,17 +8,17 @@ import json
 import sys
 from typing import Any
 
+from celery import current_app
 from django.core.management.base import BaseCommand
 
 from apps.core.health import health_report
-from controlplane.celery import app as celery_app
 
 
 class Command(BaseCommand):
     help = "Check database, broker and workers; print the report as JSON; exit 1 if unhealthy."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        healthy, report = health_report(celery_app)
+        healthy, report = health_report(current_app)
         self.stdout.write(json.dumps(report, indent=2))
         if not healthy:
             failing = [name for name, check in report["checks"].items() if not check["ok"]]

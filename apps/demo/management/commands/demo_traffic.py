@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.runtime.demo import demo_traffic_set, demo_traffic_state
+from apps.runtime.traffic_switch import demo_traffic_set, demo_traffic_state
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """The demo traffic of `make run`: what the demo agents are asked to do.
 
-Every DEMO_TRAFFIC_INTERVAL seconds the scheduler starts the next two pieces of a fixed script
-(apps/runtime/demo.py holds the agents that carry them out). The first pass through the script
+Every DEMO_TRAFFIC_INTERVAL seconds the scheduler (tasks.py) starts the next two pieces of a
+fixed script (agents.py holds the agents that carry them out). The first pass through the script
 runs every scenario, so that within a minute of `make run` refunds have run on their own against
 the sandbox, held refunds and an MFA reset wait in the review queue, model costs are recorded,
 policies have denied an admin grant and a 2,000 EUR refund, and a grant for someone who has left
@@ -20,7 +20,7 @@ The traffic is meant to stay believable for hours, so it keeps to four rules:
   (FIREWALL_DENIALS denials in FIREWALL_DENIAL_WINDOW_SECONDS quarantine an agent), the agents
   propose only their own tools, and the traffic's rate is far below FIREWALL_RATE_FLOOR;
 - two supervisors on duty decide the demo items nobody has claimed for a few minutes
-  (apps/runtime/demo_colleagues.py), so that the queue goes down again by itself."""
+  (colleagues.py), so that the queue goes down again by itself."""
 
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from apps.actions.models import Action, Status
+from apps.demo.agents import DEMO_SOURCE
+from apps.demo.colleagues import demo_colleagues_work
 from apps.reviews.models import ReviewItem
 from apps.reviews.models import State as ReviewState
-from apps.runtime.demo import DEMO_SOURCE, demo_traffic_state
-from apps.runtime.demo_colleagues import demo_colleagues_work
 from apps.runtime.models import DemoTraffic, Run
 from apps.runtime.services import RunRefused, run_start
 from apps.runtime.steps import hosted_agent_of
+from apps.runtime.traffic_switch import demo_traffic_state
 from apps.sandbox.models import Employee, Invoice, Order, Segment
 
 logger = logging.getLogger(__name__)

@@ -18,21 +18,18 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from apps.accounts.demo import DEMO_COLLEAGUES, demo_colleagues_ensure
 from apps.actions.execution import action_execute
 from apps.actions.models import Action
 from apps.books.models import BookVersion
 from apps.books.services import draft_create, draft_update
-from apps.killswitches.models import KillSwitch
-from apps.killswitches.rollback import rollback_perform, rollback_request
-from apps.ledger.backtest import backtest_perform, backtest_request
-from apps.ledger.models import Backtest, SloAlert
-from apps.ledger.slos import slo_check, slo_dashboard
-from apps.reviews.models import ReviewDecision, ReviewItem
-from apps.runtime import demo_traffic
-from apps.runtime.demo import demo_traffic_set
-from apps.runtime.demo_colleagues import COLLEAGUE_AFTER, demo_colleagues_work
-from apps.runtime.demo_traffic import (
+from apps.demo import traffic
+from apps.demo.colleagues import (
+    COLLEAGUE_AFTER,
+    DEMO_COLLEAGUES,
+    demo_colleagues_ensure,
+    demo_colleagues_work,
+)
+from apps.demo.traffic import (
     RUNS_PER_TICK,
     SCRIPT,
     Skip,
@@ -41,8 +38,15 @@ from apps.runtime.demo_traffic import (
     demo_work,
     open_demo_items,
 )
+from apps.killswitches.models import KillSwitch
+from apps.killswitches.rollback import rollback_perform, rollback_request
+from apps.ledger.backtest import backtest_perform, backtest_request
+from apps.ledger.models import Backtest, SloAlert
+from apps.ledger.slos import slo_check, slo_dashboard
+from apps.reviews.models import ReviewDecision, ReviewItem
 from apps.runtime.models import ModelCall, Run, Step
 from apps.runtime.services import runtime_sweep, step_execute
+from apps.runtime.traffic_switch import demo_traffic_set
 from apps.sandbox.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -169,8 +173,8 @@ def test_demo_traffic__forbidden_work_every_pass__agents_never_quarantined(
     assert settings.FIREWALL_ENABLED
     assert settings.FIREWALL_DENIALS == 5
     every_pass = tuple(dataclasses.replace(scenario, every=1) for scenario in SCRIPT)
-    monkeypatch.setattr(demo_traffic, "SCRIPT", every_pass)
-    monkeypatch.setattr(demo_traffic, "OPEN_ITEMS_CAP", 1000)
+    monkeypatch.setattr(traffic, "SCRIPT", every_pass)
+    monkeypatch.setattr(traffic, "OPEN_ITEMS_CAP", 1000)
     # When six passes run back to back, within a minute (without the pacing, refund-bot is
     # quarantined on the fifth)
     passes(6)
@@ -190,7 +194,7 @@ def test_demo_traffic__nobody_works_the_queue__it_stops_at_the_cap_one_item_per_
 ) -> None:
     # Given the demo traffic on, a cap of 5 open demo items per workflow, and nobody on duty
     settings.DEMO_TRAFFIC = True
-    monkeypatch.setattr(demo_traffic, "OPEN_ITEMS_CAP", 5)
+    monkeypatch.setattr(traffic, "OPEN_ITEMS_CAP", 5)
     assert not User.objects.filter(username__in=DEMO_COLLEAGUES).exists()
     # When five passes of the script run and nobody decides anything
     passes(5)
@@ -224,7 +228,7 @@ def test_demo_colleagues__items_waiting_past_their_time__decided_as_the_story_sa
     demo_colleagues_ensure()
     passes(1)
     claimed = ReviewItem.objects.get(kind="spot_check", action__params__amount_cents=1500)
-    review_claim(claimed.pk, user_for(Role.SUPERVISOR))
+    review_claim(item_id=claimed.pk, user=user_for(Role.SUPERVISOR))
     waiting = set(ReviewItem.objects.filter(state="open").values_list("pk", flat=True))
     assert len(waiting) >= 6
     # When they look before the items have waited long enough, they leave them to visitors

@@ -1,23 +1,27 @@
-"""The colleagues on duty in the demo's story: two supervisors (`apps.accounts.demo.
-DEMO_COLLEAGUES`, users nobody signs in as) who decide the demo items nobody has claimed for
-COLLEAGUE_AFTER, oldest first, each tick of the demo traffic. They decide as the story has it:
-due refunds, spot checks, invoice holds and MFA resets approved (the two of them for a red-zone
-item, which needs two people), change-of-mind refunds rejected, and the fallbacks of work the
-system of record refused rejected rather than run again. So the queue goes down by itself when
-nobody visits, and their decisions feed the SLO page's approval and override rates (the
-rejected change-of-mind refunds keep the refunds approval rate under its target: an alert with
-a reason) and the balance sheet's review minutes. An item someone has claimed is left alone."""
+"""The colleagues on duty in the demo's story: two supervisors (DEMO_COLLEAGUES, users nobody
+signs in as) who decide the demo items nobody has claimed for COLLEAGUE_AFTER, oldest first,
+each tick of the demo traffic. They decide as the story has it: due refunds, spot checks,
+invoice holds and MFA resets approved (the two of them for a red-zone item, which needs two
+people), change-of-mind refunds rejected, and the fallbacks of work the system of record
+refused rejected rather than run again. So the queue goes down by itself when nobody visits,
+and their decisions feed the SLO page's approval and override rates (the rejected
+change-of-mind refunds keep the refunds approval rate under its target: an alert with a reason)
+and the balance sheet's review minutes. An item someone has claimed is left alone."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from apps.accounts.demo import DEMO_COLLEAGUES
+from apps.accounts.roles import Role
+from apps.accounts.services import user_create
+from apps.demo.agents import DEMO_SOURCE
+from apps.demo.people import SEED
 from apps.reviews.models import Kind, ReviewItem, Verdict
 from apps.reviews.models import State as ReviewState
 from apps.reviews.services import (
@@ -27,9 +31,14 @@ from apps.reviews.services import (
     ReviewInvalid,
     review_decide,
 )
-from apps.runtime.demo import DEMO_SOURCE
 
 logger = logging.getLogger(__name__)
+
+# Two supervisors on duty in the demo's story: the demo traffic has them decide the demo items
+# nobody has claimed for a while (demo_colleagues_work below, each tick of traffic.py), so that
+# the queue stays a size a person can work and the SLOs have decisions to measure. Nobody signs
+# in as them: their passwords are random and never kept or shown.
+DEMO_COLLEAGUES: tuple[str, ...] = ("kim.schulz", "ravi.menon")
 
 # How long a demo item waits for a visitor before one of the colleagues on duty decides it.
 COLLEAGUE_AFTER = timedelta(minutes=5)
@@ -74,6 +83,25 @@ def colleague_judgement(item: ReviewItem) -> Judgement:
     )
 
 
+def demo_colleagues_ensure() -> list[str]:
+    """Create the colleagues on duty that are missing (as supervisors); return what was
+    created, for the log. One that exists keeps its roles and password."""
+    created = []
+    for username in DEMO_COLLEAGUES:
+        if User.objects.filter(username=username).exists():
+            continue
+        user_create(
+            username=username,
+            password=secrets.token_urlsafe(24),
+            roles=(Role.SUPERVISOR,),
+            check_password=False,
+            actor=SEED,
+            via="demo",
+        )
+        created.append(f"colleague {username}")
+    return created
+
+
 def _colleagues() -> list[User]:
     found = {user.username: user for user in User.objects.filter(username__in=DEMO_COLLEAGUES)}
     return [found[name] for name in DEMO_COLLEAGUES if name in found]
@@ -84,7 +112,7 @@ def _decide(item_id: int, user: User, judgement: Judgement) -> bool | None:
     when it could not be made (someone else got there first, say)."""
     given = DecisionInput(judgement.verdict, judgement.reason_code, judgement.reason_text)
     try:
-        return review_decide(item_id, user, given).final
+        return review_decide(item_id=item_id, user=user, given=given).final
     except (ReviewForbidden, ReviewInvalid) as refused:
         if judgement.verdict == Verdict.REJECT:
             logger.info("demo: %s could not decide review %s: %s", user, item_id, refused)

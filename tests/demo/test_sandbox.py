@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.sandbox.demo import sandbox_seed
+from apps.demo.sandbox import sandbox_seed
 from apps.sandbox.models import Employee, Invoice, Order
 
 pytestmark = pytest.mark.django_db

@@ -1,5 +1,6 @@
 """Demo users, one per role, for `make run`. Their passwords are random per installation, kept
-in var/demo-logins.json (mode 0600) so that every start can print them again."""
+in var/demo-logins.json (mode 0600) so that every start can print them again. The colleagues on
+duty in the demo's story, whom nobody signs in as, are in colleagues.py."""
 
 from __future__ import annotations
 
@@ -75,29 +76,3 @@ def demo_users_ensure() -> list[DemoLogin]:
     path.touch(mode=0o600)
     path.write_text(json.dumps(passwords, indent=2))
     return logins
-
-
-# Two supervisors on duty in the demo's story: the demo traffic has them decide the demo items
-# nobody has claimed for a while (apps/runtime/demo_traffic.py), so that the queue stays a size
-# a person can work and the SLOs have decisions to measure. Nobody signs in as them: their
-# passwords are random and never kept or shown.
-DEMO_COLLEAGUES: tuple[str, ...] = ("kim.schulz", "ravi.menon")
-
-
-def demo_colleagues_ensure() -> list[str]:
-    """Create the colleagues on duty that are missing (as supervisors); return what was
-    created, for the log. One that exists keeps its roles and password."""
-    created = []
-    for username in DEMO_COLLEAGUES:
-        if User.objects.filter(username=username).exists():
-            continue
-        user_create(
-            username=username,
-            password=secrets.token_urlsafe(24),
-            roles=(Role.SUPERVISOR,),
-            check_password=False,
-            actor=SEED,
-            via="demo",
-        )
-        created.append(f"colleague {username}")
-    return created

@@ -1,5 +1,6 @@
-"""The living demo: hosted agents for the three demo workflows and their deterministic models;
-the demo traffic that gives them work is in apps/runtime/demo_traffic.py.
+"""The living demo: hosted agents for the three demo workflows and their deterministic models
+(RUNTIME_AGENT_MODULES names this module); the demo traffic that gives them work is in
+traffic.py.
 
 The agents are ordinary hosted agents: they read the system of record (the sandbox, over
 HTTP), ask the router for model answers and propose through the gate. Their deterministic
@@ -19,10 +20,11 @@ import urllib3
 from django.conf import settings
 
 from apps.registry.models import Agent, ModelPrice, Tool
-from apps.runtime.models import AgentBudget, DemoTraffic
+from apps.runtime.models import AgentBudget
 from apps.runtime.providers import ModelRequest
 from apps.runtime.providers.deterministic import RuleAnswer, deterministic_model
 from apps.runtime.steps import StepContext, StepFailed, hosted_agent
+from apps.runtime.traffic_switch import demo_traffic_state
 
 logger = logging.getLogger(__name__)
 
@@ -271,20 +273,6 @@ def invoices_match(ctx: StepContext) -> dict[str, Any]:
         segment=str(ctx.input.get("segment", "")),
     )
     return {"matches": matches, "action": str(action.pk)}
-
-
-# --- Demo traffic switch (the traffic itself: apps/runtime/demo_traffic.py) ---------------------
-
-
-def demo_traffic_state() -> DemoTraffic:
-    return DemoTraffic.objects.get_or_create(pk=DemoTraffic.SINGLETON)[0]
-
-
-def demo_traffic_set(*, paused: bool, by: str) -> DemoTraffic:
-    state = demo_traffic_state()
-    DemoTraffic.objects.filter(pk=state.pk).update(paused=paused, paused_by=by if paused else "")
-    state.refresh_from_db()
-    return state
 
 
 # --- Seeding -------------------------------------------------------------------------------------

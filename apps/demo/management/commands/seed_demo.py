@@ -8,11 +8,11 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.accounts.demo import DEMO_COLLEAGUES, demo_colleagues_ensure, demo_users_ensure
-from apps.books.demo import DEMO_PORT, demo_world_ensure, sandbox_url
-from apps.runtime.demo import demo_runtime_ensure
-from apps.runtime.demo_colleagues import COLLEAGUE_AFTER
-from apps.sandbox.demo import sandbox_seed
+from apps.demo.agents import demo_runtime_ensure
+from apps.demo.colleagues import COLLEAGUE_AFTER, DEMO_COLLEAGUES, demo_colleagues_ensure
+from apps.demo.people import demo_users_ensure
+from apps.demo.sandbox import sandbox_seed
+from apps.demo.world import DEMO_PORT, demo_world_ensure, sandbox_url
 
 
 class Command(BaseCommand):

@@ -2,8 +2,7 @@
 
 Two kinds:
 - counted where they happen, in the process they happen in: the gate's decisions and latency,
-  and the workers' executions (incremented in apps/actions/execution.py). An increment takes
-  about a microsecond (the gate's speed is benchmarked). With several processes on a host
+  and the workers' executions (apps/actions/metrics.py). With several processes on a host
   (gunicorn workers, Celery workers), point PROMETHEUS_MULTIPROC_DIR at one empty folder for
   all of them and each scrape adds them up (prometheus_client's multiprocess mode); without
   it, each process reports its own counts.
@@ -12,8 +11,10 @@ Two kinds:
   whichever process did the work. A scrape that cannot reach the database still answers, with
   `escapement_database_up 0`.
 
-Labels are slugs from the registry and fixed words only: never anything a caller typed, never a
-secret, so that neither their number nor their content can be chosen from outside.
+The collectors read every app's rows, so they live here, above the apps, with the URL that
+serves them. Labels are slugs from the registry and fixed words only: never anything a caller
+typed, never a secret, so that neither their number nor their content can be chosen from
+outside.
 """
 
 from __future__ import annotations
@@ -21,79 +22,31 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from functools import wraps
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+import redis
+from django.conf import settings
+from django.db.models import Count, Min, Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from apps.actions.gate import GateResult
+from apps.actions.metrics import COUNTERS
+from apps.actions.models import Action, Status, ToolCircuit
+from apps.core.metrics_access import metrics_allowed
+from apps.killswitches.models import KillSwitch
+from apps.registry.models import Tool
+from apps.reviews.models import ReviewItem
+from apps.runtime.budgets import month_of
+from apps.runtime.models import BudgetPeriod
 
 logger = logging.getLogger(__name__)
-
-
-# The in-process metrics live in prometheus_client's default registry, which its multiprocess
-# mode expects; the scrape builds its own registry around them (see `exposition`).
-GATE_DECISIONS = Counter(
-    "escapement_gate_decisions",
-    "Proposals decided and recorded by the gate, by workflow and outcome "
-    "(allow, hold, deny, observe; blocked: a kill switch covered it).",
-    ["workflow", "outcome"],
-)
-GATE_REFUSALS = Counter(
-    "escapement_gate_refusals",
-    "Proposals refused before anything was recorded (agent out of scope, bad params, reused "
-    "idempotency key), by HTTP status.",
-    ["status"],
-)
-GATE_SECONDS = Histogram(
-    "escapement_gate_seconds",
-    "Time the gate took to decide and record one proposal (refusals included).",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-EXECUTIONS = Counter(
-    "escapement_executions",
-    "Calls of actions' tools by workers, by result: succeeded, failed (handed to a person: "
-    "refused, out of retries, or its circuit open), retry (a transient failure, tried again "
-    "later). Duplicate deliveries of a finished action are not counted.",
-    ["result"],
-)
-
-
-def gate_timed[**P](propose: Callable[P, GateResult]) -> Callable[P, GateResult]:
-    """Wraps the gate: its latency, and each recorded decision or refusal."""
-
-    @wraps(propose)
-    def timed(*args: P.args, **kwargs: P.kwargs) -> GateResult:
-        started = time.perf_counter()
-        try:
-            result = propose(*args, **kwargs)
-        except Exception as exc:
-            # (imported here: the gate imports this module)
-            from apps.actions.gate import GateRefusal
-
-            if isinstance(exc, GateRefusal):
-                GATE_REFUSALS.labels(str(exc.status)).inc()
-            raise
-        finally:
-            GATE_SECONDS.observe(time.perf_counter() - started)
-        if result.created:
-            action = result.action
-            outcome = "blocked" if action.status == "blocked" else action.decision
-            GATE_DECISIONS.labels(action.workflow.slug, outcome).inc()
-        return result
-
-    return timed
 
 
 # --- Read from the database at scrape time ----------------------------------------------------
@@ -122,15 +75,6 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
-        from django.db.models import Count, Min, Q
-
-        from apps.actions.models import Action, Status, ToolCircuit
-        from apps.killswitches.models import KillSwitch
-        from apps.registry.models import Tool
-        from apps.reviews.models import ReviewItem
-        from apps.runtime.budgets import month_of
-        from apps.runtime.models import BudgetPeriod
-
         now = time.time()
 
         items = GaugeMetricFamily(
@@ -147,8 +91,6 @@ class DatabaseCollector(Collector):
             "Open review items past their SLA deadline, by workflow.",
             labels=["workflow"],
         )
-        from django.utils import timezone
-
         moment = timezone.now()
         ages: dict[str, float] = {}
         late: dict[str, int] = {}
@@ -254,8 +196,6 @@ class BrokerCollector(Collector):
     """The number of task messages waiting in the Celery queue (one LLEN)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from django.conf import settings
-
         family = GaugeMetricFamily(
             "escapement_celery_queue_length",
             "Task messages waiting in the broker's queue for a worker.",
@@ -263,8 +203,6 @@ class BrokerCollector(Collector):
         )
         queue = settings.CELERY_TASK_DEFAULT_QUEUE
         try:
-            import redis
-
             client = redis.Redis.from_url(
                 settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1
             )
@@ -284,8 +222,34 @@ def exposition() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
-        for metric in (GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS, EXECUTIONS):
+        for metric in COUNTERS:
             registry.register(metric)
     registry.register(DatabaseCollector())
     registry.register(BrokerCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+@require_GET
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for the addresses and the token the settings allow; 404 when
+    neither is configured, so that an unconfigured install exposes nothing."""
+    networks = settings.METRICS_ALLOWED_IPS
+    token = settings.METRICS_TOKEN
+    if not networks and not token:
+        raise Http404("metrics are not enabled")
+    allowed = metrics_allowed(
+        remote_addr=request.META.get("REMOTE_ADDR", ""),
+        authorization=request.headers.get("Authorization", ""),
+        networks=networks,
+        token=token,
+    )
+    if not allowed:
+        return HttpResponse(
+            "metrics: this address is not in METRICS_ALLOWED_IPS and no valid METRICS_TOKEN "
+            "was sent\n",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    body, content_type = exposition()
+    return HttpResponse(body, content_type=content_type)

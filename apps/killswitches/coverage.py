@@ -1,4 +1,12 @@
-"""The fence between engaging a switch and claiming an action for execution.
+"""Which actions a kill switch covers, and the fence between engaging a switch and claiming an
+action: one predicate for every place that asks (the gate, the worker's claim, the requeue
+sweep, drains, rollbacks, the proof), and its one copy in SQL, the claim's database functions
+(apps/actions/migrations/0006_claim_functions.py), which a test holds equal to it.
+
+A switch covers an action when it is engaged (`released_at` empty) and its scope is global, or
+names the action's workflow, agent or tool by slug.
+
+The fence.
 
 The guarantee (PRODUCT.md 3E.2): no action starts running after a switch covering it is
 engaged. A worker claims an action with one conditional UPDATE (queued -> running, WHERE no
@@ -35,12 +43,54 @@ clock enters the comparison."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+
+from apps.killswitches.models import KillSwitch, Scope
+
+# The action's field that each scope names, by slug.
+SCOPE_FIELDS = {Scope.WORKFLOW: "workflow", Scope.AGENT: "agent", Scope.TOOL: "tool"}
 
 # An arbitrary 64-bit key, the same in every process: "kill switches" for the advisory lock.
-# The claim's database functions take it with this number written out
-# (apps/actions/migrations/0006_claim_functions.py).
+# The claim's database functions take it with this number written out in decimal
+# (apps/actions/migrations/0006_claim_functions.py); tests/killswitches/test_coverage.py holds
+# the two equal.
 FENCE_KEY = 0x4B494C4C_53574954
+
+
+def covering(*, workflow: Any, agent: Any, tool: Any) -> Q:
+    """Engaged switches (a filter on KillSwitch) that cover an action of this workflow, agent
+    and tool: slugs, or OuterRef expressions naming them in an outer query on actions."""
+    return Q(released_at__isnull=True) & (
+        Q(scope=Scope.GLOBAL)
+        | Q(scope=Scope.WORKFLOW, target=workflow)
+        | Q(scope=Scope.AGENT, target=agent)
+        | Q(scope=Scope.TOOL, target=tool)
+    )
+
+
+def switch_engaged_over(prefix: str = "") -> Exists:
+    """An engaged switch covers the action of the outer query (a WHERE on actions, or on rows
+    that point at an action through `prefix`, e.g. "action__")."""
+    return Exists(
+        KillSwitch.objects.filter(
+            covering(
+                workflow=OuterRef(f"{prefix}workflow__slug"),
+                agent=OuterRef(f"{prefix}agent__slug"),
+                tool=OuterRef(f"{prefix}tool__slug"),
+            )
+        )
+    )
+
+
+def in_scope(scope: str, target: str, prefix: str = "") -> Q:
+    """Actions (or rows pointing at an action through `prefix`, e.g. "action__") that a
+    switch of this scope and target covers, engaged or not."""
+    if scope == Scope.GLOBAL:
+        return Q()
+    return Q(**{f"{prefix}{SCOPE_FIELDS[Scope(scope)]}__slug": target})
 
 
 def fence_for_engage() -> None:

@@ -7,6 +7,7 @@ from celery import Task, shared_task
 from apps.actions.callbacks import MAX_ATTEMPTS, CallbackFailed, callback_deliver
 from apps.actions.execution import action_execute
 from apps.actions.requeue import actions_requeue
+from apps.core.backoff import backoff
 
 
 @shared_task(
@@ -28,7 +29,7 @@ def deliver_callback(self: Task[[int], None], delivery_id: int) -> None:
     except CallbackFailed:
         if self.request.retries + 1 >= MAX_ATTEMPTS:
             return
-        raise self.retry(countdown=min(2.0**self.request.retries, 300.0)) from None
+        raise self.retry(countdown=backoff(self.request.retries + 1, base=1.0, cap=300.0)) from None
 
 
 @shared_task(name="actions.requeue", ignore_result=True)

@@ -8,14 +8,13 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
-from apps.core.http import HtmxHttpRequest
+from apps.core.http import AuthenticatedRequest, HtmxHttpRequest
 from apps.registry.models import Agent
 from apps.runtime.budgets import agent_budget_set, month_of
 from apps.runtime.forms import AgentBudgetForm, RunFilterForm
@@ -69,13 +68,12 @@ def run(request: HttpRequest, run_id: UUID) -> HttpResponse:
 
 @require_POST
 @role_required(Role.ONCALL)
-def demo_traffic(request: HttpRequest) -> HttpResponse:
+def demo_traffic(request: AuthenticatedRequest) -> HttpResponse:
     wanted = request.POST.get("traffic", "")
     if wanted not in ("on", "off"):
         messages.error(request, f"traffic: expected on or off, got {wanted[:20]!r}.")
         return redirect("runtime:runs")
     user = request.user
-    assert isinstance(user, User)
     demo_traffic_set(paused=wanted == "off", by=user.get_username())
     messages.success(
         request, "Demo traffic paused." if wanted == "off" else "Demo traffic resumed."
@@ -131,7 +129,6 @@ def agent_budget(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
-def escalations(request: HttpRequest) -> HttpResponse:
+def escalations(request: AuthenticatedRequest) -> HttpResponse:
     user = request.user
-    assert isinstance(user, User)
     return render(request, "runtime/escalations.html", {"runs": runs_escalated_to(user)})

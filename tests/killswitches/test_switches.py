@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 from django.db.models.functions import Now
+from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from apps.actions.execution import action_execute
 from apps.actions.models import Action, Status
+from apps.actions.requeue import actions_requeue
 from apps.actions.states import transition
 from apps.audit.models import AuditEvent
 from apps.audit.selectors import audit_verify
@@ -151,6 +154,35 @@ def test_release__then_held_work_runs_and_new_proposals_allowed(
     # And a second release is refused
     with pytest.raises(SwitchConflict, match="already released"):
         switch_release(switch_id=switch.pk, reason="again", actor="dana", via="api")
+
+
+def test_release__broker_refuses__released_and_held_work_left_for_the_sweep(
+    desk: Desk, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given refund-bot stopped with two refunds held back, and a broker that refuses messages
+    held = [propose(desk), propose(desk, order_id="1043")]
+    switch = engage_agent()
+    tried: list[str] = []
+
+    def refuse(action_id: str) -> None:
+        tried.append(action_id)
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", refuse)
+    # When on-call releases the switch
+    with django_capture_on_commit_callbacks(execute=True):
+        released = switch_release(switch_id=switch.pk, reason="fixed", actor="dana", via="api")
+    # Then the release stands, the first refusal stops the sends, and both stay queued
+    assert released.switch.released_at is not None
+    assert tried == [str(held[0].pk)]
+    statuses = set(Action.objects.filter(pk__in=[a.pk for a in held]).values_list("status"))
+    assert statuses == {(Status.QUEUED,)}
+    # ... where the requeue sweep finds them once they are stale
+    later = timezone.now() + timedelta(seconds=120)
+    sent: list[str] = []
+    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", sent.append)
+    assert actions_requeue(later).sent == 2
+    assert sorted(sent) == sorted(str(a.pk) for a in held)
 
 
 def test_proof__running_at_engage_started_after_and_blocked(desk: Desk) -> None:

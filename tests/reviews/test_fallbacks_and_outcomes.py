@@ -233,3 +233,82 @@ def test_make_agent__two_agents__each_has_its_own_callback_secret(
     assert len(agent.callback_secret) == 64
     assert agent.callback_secret != other.callback_secret
     assert Action.objects.count() == 0
+
+
+def test_propose__allowed_for_an_agent_with_a_callback_url__no_callback_for_the_answer(
+    book: BookVersion, key: IssuedKey, agent: Agent, enqueued: list[str]
+) -> None:
+    # Given an agent with a callback URL
+    agent.callback_url = "http://127.0.0.1:9/outcomes"
+    agent.save()
+    from apps.actions.gate import action_propose
+    from tests.actions.conftest import proposal
+
+    # When the gate allows its proposal
+    action = action_propose(key=key.record, proposal=proposal()).action
+    # Then the agent learns approved/queued from the answer itself: no callback is recorded
+    assert action.status == Status.QUEUED
+    assert not CallbackDelivery.objects.filter(action=action).exists()
+
+
+def test_fallback_retry__agent_with_a_callback_url__approval_of_the_new_action_reported(
+    book: BookVersion,
+    key: IssuedKey,
+    alice: User,
+    agent: Agent,
+    enqueued: list[str],
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a failed action of an agent with a callback URL, in its fallback item
+    agent.callback_url = "http://127.0.0.1:9/outcomes"
+    agent.save()
+    from apps.actions.gate import action_propose
+    from tests.actions.conftest import proposal
+
+    action = action_propose(key=key.record, proposal=proposal()).action
+    transition(action, Status.RUNNING, actor="system:test")
+    transition(action, Status.FAILED, actor="system:test", error="HTTP 503")
+    item = review_open(action, Kind.FALLBACK, error="HTTP 503", actor="system:test")
+    sent: list[int] = []
+    monkeypatch.setattr("apps.actions.tasks.deliver_callback.delay", sent.append)
+    # When a person approves running it again
+    with django_capture_on_commit_callbacks(execute=True):
+        retry = review_decide(item_id=item.pk, user=alice, given=APPROVE).queued
+    # Then the new action's approval reaches the agent like any move made after the answer
+    assert retry is not None
+    delivery = CallbackDelivery.objects.get(action=retry)
+    assert delivery.status == Status.APPROVED
+    assert delivery.pk in sent
+
+
+def test_reject__broker_refuses_the_callback__decision_kept_and_delivery_waits(
+    book: BookVersion,
+    key: IssuedKey,
+    alice: User,
+    agent: Agent,
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an agent with a callback URL, and a broker that refuses every message
+    from kombu.exceptions import OperationalError
+
+    agent.callback_url = "http://127.0.0.1:9/outcomes"
+    agent.save()
+    item = hold(key)
+
+    def refuse(delivery_id: int) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr("apps.actions.tasks.deliver_callback.delay", refuse)
+    # When a supervisor rejects the held action
+    with django_capture_on_commit_callbacks(execute=True):
+        review_decide(
+            item_id=item.pk,
+            user=alice,
+            given=DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate"),
+        )
+    # Then the decision stands, and the outcome waits in its delivery row
+    assert reload(item.action).status == Status.REJECTED
+    delivery = CallbackDelivery.objects.get(action=item.action)
+    assert (delivery.status, delivery.attempts, delivery.delivered_at) == ("rejected", 0, None)

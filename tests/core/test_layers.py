@@ -79,6 +79,12 @@ def test_contracts__the_code_as_it_is__kept() -> None:
             id="a flow imports a flow above it",
         ),
         pytest.param(
+            "apps/killswitches/drain.py",
+            "from apps.killswitches import rollback\n",
+            "apps.killswitches.drain -> apps.killswitches.rollback",
+            id="a flow imports a flow beside it",
+        ),
+        pytest.param(
             "apps/actions/gate.py",
             "def _later() -> None:\n    from apps.actions import api  # noqa\n",
             "apps.actions.gate -> apps.actions.api",

@@ -8,7 +8,6 @@ actions are queued for a worker once that transaction commits.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +33,6 @@ from apps.registry.models import Agent, AgentKey, Tool, Workflow
 from apps.registry.services import key_workflow_slugs
 from apps.reviews.items import review_open
 from apps.runtime.budgets import UsageRefused, usage_record
-
-logger = logging.getLogger(__name__)
 
 
 class GateRefusal(Exception):

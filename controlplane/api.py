@@ -6,6 +6,7 @@ from ninja import NinjaAPI
 
 from apps.accounts.api import router as accounts_router
 from apps.actions.api import router as actions_router
+from apps.audit.api import router as audit_router
 from apps.core.api_errors import install_error_handlers
 from apps.core.api_input import StorableJsonParser
 from apps.killswitches.api import router as killswitches_router
@@ -25,4 +26,5 @@ install_error_handlers(api)
 
 api.add_router("/", accounts_router)
 api.add_router("/", actions_router)
+api.add_router("/", audit_router)
 api.add_router("/", killswitches_router)

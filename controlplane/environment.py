@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from escapement_client.transparency import (
+    TransparencyError,
+    signer_key_generate,
+    verifier_key_for,
+)
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
@@ -136,21 +141,52 @@ def secret_key(env: Mapping[str, str], var_dir: Path) -> str:
         if len(key) < 32:
             raise ConfigurationError("SECRET_KEY: must be at least 32 characters long")
         return key
-    path = var_dir / "secret_key"
+    return _kept_secret(var_dir / "secret_key", lambda: secrets.token_urlsafe(50))
+
+
+def _kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret kept in `path` (mode 0600), made by `make` the first time."""
     if path.exists():
         return path.read_text().strip()
-    var_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # Written whole to a file of this process's own, then linked into place: processes starting
-    # together on a fresh machine (web, worker, scheduler) never read a half-written key, and
+    # together on a fresh machine (web, worker, scheduler) never read a half-written secret, and
     # the first link wins, so all of them use the same one.
-    draft = var_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+    draft = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
-        out.write(secrets.token_urlsafe(50))
+        out.write(make())
     try:
         os.link(draft, path)
     except FileExistsError:
-        pass  # another process's key is in place
+        pass  # another process's secret is in place
     finally:
         draft.unlink()
     return path.read_text().strip()
+
+
+# The audit log's origin line when AUDIT_LOG_ORIGIN is unset; also the name of a key made here.
+DEFAULT_AUDIT_ORIGIN = "escapement.local/audit"
+
+
+def audit_signing_key(env: Mapping[str, str], var_dir: Path, origin: str) -> str:
+    """The Ed25519 key that signs the audit log's checkpoints, as a signed-note signer key
+    (`PRIVATE+KEY+<name>+<key id>+<key>`): `AUDIT_SIGNING_KEY` itself, or the file it names;
+    otherwise one made for this installation and kept in `var/audit-signing-key` (mode 0600).
+    Keep it off the database's machine: whoever holds it can sign a checkpoint."""
+    value = env.get("AUDIT_SIGNING_KEY", "").strip()
+    if not value:
+        return _kept_secret(var_dir / "audit-signing-key", lambda: signer_key_generate(origin))
+    if not value.startswith("PRIVATE+KEY+"):
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigurationError(
+                "AUDIT_SIGNING_KEY: expected a signer key (PRIVATE+KEY+...) or the path of a file "
+                f"holding one; {value!r} is neither"
+            )
+        value = path.read_text().strip()
+    try:
+        verifier_key_for(value)
+    except TransparencyError as exc:
+        raise ConfigurationError(f"AUDIT_SIGNING_KEY: {exc}") from None
+    return value

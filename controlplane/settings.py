@@ -16,7 +16,9 @@ from apps.core.metrics_access import metrics_networks, metrics_token
 from apps.runtime.config import demo_interval, model_settings
 from apps.sandbox.config import sandbox_token
 from controlplane.environment import (
+    DEFAULT_AUDIT_ORIGIN,
     ConfigurationError,
+    audit_signing_key,
     broker_config,
     database_config,
     env_bool,
@@ -198,7 +200,20 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Hosted runs: resume the steps whose held action a person decided, retry the lost ones
     # (apps/runtime/services.py, docs/runtime.md).
     "runtime-sweep": {"task": "runtime.sweep", "schedule": 3.0},
+    # The audit log's sequencer: committed events into the Merkle log, a signed checkpoint.
+    "audit-integrate": {"task": "audit.integrate", "schedule": 2.0},
 }
+# --- The audit log (apps/audit/log.py, docs/deployment.md) -----------------------------------
+# The origin line of its checkpoints: a name for this log that no other log uses.
+AUDIT_LOG_ORIGIN = ENV.get("AUDIT_LOG_ORIGIN", DEFAULT_AUDIT_ORIGIN).strip() or DEFAULT_AUDIT_ORIGIN
+AUDIT_SIGNING_KEY = audit_signing_key(ENV, VAR_DIR, AUDIT_LOG_ORIGIN)
+# Verifier keys of keys that signed checkpoints before the current one (comma-separated).
+AUDIT_PAST_VERIFIER_KEYS = env_list(ENV, "AUDIT_PAST_VERIFIER_KEYS", [])
+# Every signed checkpoint is appended to this file (empty: none) and POSTed to this URL (empty:
+# none), so that a copy lives outside the database.
+AUDIT_WITNESS_FILE = ENV.get("AUDIT_WITNESS_FILE", str(VAR_DIR / "audit-checkpoints.txt"))
+AUDIT_WITNESS_URL = ENV.get("AUDIT_WITNESS_URL", "")
+
 # A workflow's approval or override rate moving by this much (0.10 = 10 points) from one week
 # to the next raises a regression alert.
 SLO_REGRESSION_POINTS = 0.10

@@ -20,6 +20,8 @@ from apps.actions.execution import RollbackRefused, UndoUnknown, action_rollback
 from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action
 from apps.actions.states import IllegalTransition
+from apps.audit.log import proof_document
+from apps.audit.selectors import flight_record
 from apps.core.api_errors import ApiError, FieldError
 from apps.core.api_errors import ErrorOut as ErrorOut  # (re-exported: others import it here)
 from apps.registry.models import AgentKey
@@ -194,6 +196,48 @@ def _visible_action(request: HttpRequest, action_id: UUID) -> Action:
 )
 def read(request: HttpRequest, action_id: UUID) -> ActionOut:
     return action_out(_visible_action(request, action_id))
+
+
+class ProvenEventOut(Schema):
+    leaf_index: int = Field(description="the event's place in the log")
+    leaf_hash: str = Field(description="SHA-256 of 0x00 and the entry, hex")
+    entry: str = Field(description="the event's entry encoding, base64")
+    audit_path: list[str] = Field(description="RFC 9162 inclusion proof, hex hashes")
+    tree_size: int = Field(description="the size of the checkpoint it is proven against")
+    root_hash: str = Field(description="that checkpoint's root hash, hex")
+    payload_canonical: str | None = Field(description="the payload as digested (canonical JSON)")
+    event: dict[str, Any] = Field(description="the entry's fields, decoded")
+
+
+class PendingEventOut(Schema):
+    sequence: int
+    verb: str
+    created_at: datetime
+
+
+class ProofOut(Schema):
+    checkpoint: str | None = Field(description="the signed note the events are proven against")
+    tree_size: int
+    root_hash: str | None
+    events: list[ProvenEventOut]
+    pending: list[PendingEventOut] = Field(
+        description="events not yet taken into the log (it takes them within seconds)"
+    )
+
+
+@router.get(
+    "/actions/{action_id}/proof",
+    auth=[agent_auth, django_auth],
+    response={200: ProofOut, **{c: ErrorOut for c in (401, 403, 404, 422)}},
+    summary="Prove an action's record",
+    description="Every audit event of the action with an RFC 9162 inclusion proof against the "
+    "log's latest signed checkpoint. Check it with the stand-alone verifier "
+    "(`python -m escapement_client.transparency verify-proof`) and the key of "
+    "`/api/v1/audit/key`. An agent proves its own actions; staff any.",
+)
+def proof(request: HttpRequest, action_id: UUID) -> dict[str, Any]:
+    action = _visible_action(request, action_id)
+    return proof_document(list(flight_record(action_id=str(action.pk))))
 
 
 @router.post(

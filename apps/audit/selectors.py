@@ -3,143 +3,245 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import NoReturn
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import QuerySet
+from escapement_client.transparency import (
+    Frontier,
+    TransparencyError,
+    checkpoint_parse,
+    note_verify,
+)
 
-from apps.audit.models import AuditEvent
-from apps.audit.services import GENESIS_HASH, payload_digest
+from apps.audit.log import LEAF_SQL, log_origin, verifier_key
+from apps.audit.models import AuditCheckpoint, AuditEvent
+from apps.audit.services import payload_digest
+
+PAYLOAD = "its payload does not match its digest"
+REWRITTEN = "its event no longer matches the leaf the log took in"
 
 
 @dataclass(frozen=True)
-class ChainReport:
+class LogReport:
+    """What a full verification found. `intact` when every entry of the log recomputes from its
+    event to the leaf the log took in, the tree matches every signed checkpoint (stored and
+    kept) at its size, and no checkpoint is beyond the log's end."""
+
     intact: bool
-    checked: int
-    first_bad_sequence: int | None = None
+    checked: int  # entries of the log recomputed
+    checkpoints: int  # signed checkpoints the tree was held against
+    pending: int = 0  # events written but not yet taken into the log
     problem: str = ""
+    first_bad_index: int | None = None  # the first entry found wrong, when one can be named
+    first_bad_sequence: int | None = None  # and its event's number
+    bad_size: int | None = None  # the checkpoint size the log failed, when it is one
 
 
-MISSING = "is missing"
-PAYLOAD = "its payload does not match its digest"
-LINK = "it does not link to the event before"
-HASH = "its fields do not match its hash"
+@dataclass(frozen=True)
+class _Mark:
+    size: int
+    root: bytes
+    source: str
 
 
-def audit_verify(*, batch: int = 50_000) -> ChainReport:
-    """Walk the chain in order, recomputing every digest and link; stop at the first break.
-    The database recomputes them (`_verify_in_database`)."""
-    return _verify_in_database(batch=batch)
+# One batch of the log's entries in order, each recomputed by PostgreSQL from its event: the
+# leaf hash over the event's entry encoding as the log stored it, whether its event is gone,
+# whether its payload still matches its digest (canonical text against digest and against the
+# stored JSON), and for events written before the canonical text was kept, the payload as text
+# for Python to digest.
+_BATCH_SQL = f"""
+SELECT l.index, l.hash, {LEAF_SQL}, e.sequence,
+       e.payload_canonical IS NOT NULL AND (
+           encode(sha256(convert_to(e.payload_canonical, 'UTF8')), 'hex') <> e.payload_digest
+           OR e.payload_canonical::jsonb <> e.payload),
+       CASE WHEN e.id IS NOT NULL AND e.payload_canonical IS NULL THEN e.payload::text END,
+       e.payload_digest
+FROM audit_auditleaf l LEFT JOIN audit_auditevent e ON e.id = l.event_id
+WHERE l.index >= %s ORDER BY l.index LIMIT %s
+"""  # noqa: S608 (LEAF_SQL is constant text)
 
 
-# One batch of the chain, checked by PostgreSQL: each event's sequence against its place, its
-# payload against its digest (sha256 of the canonical text, and the text against the stored
-# JSON), its link against the hash before it, and its hash against its fields, joined as
-# `event_hash` joins them (`created_at` written as Python's isoformat() writes a UTC time).
-# Returns the batch's size, last sequence and last hash, and its first bad event with what is
-# wrong with it (CASE tries the checks in this order, so the text is read as JSON only once its
-# digest matched). Events without canonical text (written before it was kept) skip the payload
-# check here: Python does it (`_legacy_payload_problem`).
-_BATCH_SQL = """
-WITH batch AS (
-    SELECT sequence, created_at, actor_type, actor, verb, target_type, target_id, subject,
-           trace_id, payload, payload_canonical, payload_digest, previous_hash, hash,
-           %(first)s + row_number() OVER (ORDER BY sequence) - 1 AS expected_sequence,
-           coalesce(lag(hash) OVER (ORDER BY sequence), %(previous)s) AS expected_previous
-    FROM (
-        SELECT * FROM audit_auditevent WHERE sequence > %(after)s ORDER BY sequence
-        LIMIT %(limit)s
-    ) page
-), checked AS (
-    SELECT sequence, expected_sequence, hash,
-        CASE
-            WHEN sequence <> expected_sequence THEN 0
-            WHEN payload_canonical IS NOT NULL
-                 AND encode(sha256(convert_to(payload_canonical, 'UTF8')), 'hex')
-                     <> payload_digest THEN 1
-            WHEN payload_canonical IS NOT NULL AND payload_canonical::jsonb <> payload THEN 1
-            WHEN previous_hash <> expected_previous THEN 2
-            WHEN encode(sha256(convert_to(
-                     sequence::text
-                     || '|' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-                     || CASE WHEN extract(microseconds FROM created_at)::bigint %% 1000000 = 0
-                             THEN ''
-                             ELSE '.' || to_char(created_at AT TIME ZONE 'UTC', 'US') END
-                     || '+00:00'
-                     || '|' || actor_type || '|' || actor || '|' || verb
-                     || '|' || target_type || '|' || target_id || '|' || subject
-                     || '|' || payload_digest || '|' || previous_hash
-                     || CASE WHEN trace_id = '' THEN '' ELSE '|' || trace_id END,
-                     'UTF8')), 'hex') <> hash THEN 3
-        END AS problem
-    FROM batch
-), last AS (
-    SELECT sequence, hash, expected_sequence FROM checked ORDER BY sequence DESC LIMIT 1
-)
-SELECT (SELECT count(*) FROM checked), last.sequence, last.hash, last.expected_sequence,
-       bad.sequence, bad.expected_sequence, bad.problem
-FROM last
-LEFT JOIN LATERAL (
-    SELECT sequence, expected_sequence, problem FROM checked
-    WHERE problem IS NOT NULL ORDER BY sequence LIMIT 1
-) bad ON true
-"""
-_PROBLEMS = (MISSING, PAYLOAD, LINK, HASH)
+class _Broken(Exception):
+    def __init__(self, report: LogReport) -> None:
+        self.report = report
 
 
-def _verify_in_database(*, batch: int) -> ChainReport:
-    """The whole chain checked by PostgreSQL, a batch of events per statement: sha256 and the
-    comparisons run in the database, and only a few numbers come back (no row is read into
-    Python but events written before the canonical text was kept)."""
-    previous, expected, checked, after = GENESIS_HASH, 1, 0, 0
+def audit_verify(
+    *,
+    kept: Sequence[str] = (),
+    key: str | None = None,
+    batch: int = 50_000,
+    progress: Callable[[int], None] | None = None,
+) -> LogReport:
+    """Recompute the whole log from its events and hold it against every signed checkpoint: the
+    stored ones and `kept` (signed notes a user or a witness kept outside the database), each
+    verified with `key` (when None: the log's verifier key, or one of the keys it had before).
+    Stops at the first problem, naming the entry when it can and the checkpoint's size when only
+    the root tells."""
+    keys = [key] if key else [verifier_key(), *settings.AUDIT_PAST_VERIFIER_KEYS]
+    marks: list[_Mark] = []
+    try:
+        for checkpoint in AuditCheckpoint.objects.order_by("size"):
+            marks.append(
+                _mark(
+                    checkpoint.note,
+                    keys,
+                    f"the checkpoint signed at size {checkpoint.size}",
+                    stored=(checkpoint.size, bytes(checkpoint.root_hash)),
+                )
+            )
+        for note in kept:
+            marks.append(_mark(note, keys, "the kept checkpoint at size {size}"))
+        checked = _entries_verify(sorted(marks, key=lambda m: m.size), batch, progress)
+    except _Broken as broken:
+        return broken.report
+    return LogReport(True, checked, len(marks), pending=pending_count())
+
+
+def _mark(
+    note: str, keys: list[str], source: str, stored: tuple[int, bytes] | None = None
+) -> _Mark:
+    try:
+        checkpoint = checkpoint_parse(_note_open(note, keys))
+    except TransparencyError as exc:
+        size = stored[0] if stored else None
+        where = source.format(size="?")
+        raise _Broken(LogReport(False, 0, 0, problem=f"{where}: {exc}", bad_size=size)) from None
+    source = source.format(size=checkpoint.size)
+    if checkpoint.origin != log_origin():
+        raise _Broken(
+            LogReport(
+                False,
+                0,
+                0,
+                problem=f"{source} is of another log ({checkpoint.origin!r})",
+                bad_size=checkpoint.size,
+            )
+        )
+    if stored is not None and stored != (checkpoint.size, checkpoint.root_hash):
+        raise _Broken(
+            LogReport(
+                False,
+                0,
+                0,
+                problem=f"{source}: its row does not match the note signed for it",
+                bad_size=stored[0],
+            )
+        )
+    return _Mark(checkpoint.size, checkpoint.root_hash, source)
+
+
+def _note_open(note: str, keys: list[str]) -> str:
+    """The note's text when one of the keys signed it; the first key's refusal otherwise."""
+    refusals = []
+    for key in keys:
+        try:
+            return note_verify(note, key)
+        except TransparencyError as exc:
+            refusals.append(exc)
+    raise refusals[0]
+
+
+def _entries_verify(marks: list[_Mark], batch: int, progress: Callable[[int], None] | None) -> int:
+    """Walk the log in order; the number of entries, each recomputed, when all is well."""
+    frontier = Frontier()
+    matched = 0  # the largest checkpoint size the tree has matched so far
+    at = 0  # the next mark to reach
     with connection.cursor() as cursor:
         while True:
-            cursor.execute(
-                _BATCH_SQL,
-                {"after": after, "limit": batch, "first": expected, "previous": previous},
-            )
-            row = cursor.fetchone()
-            if row is None:
-                return ChainReport(True, checked)
-            count, last_sequence, last_hash, last_expected, bad, bad_expected, problem = row
-            found: tuple[int, int, int] | None = None  # (event, check, expected sequence)
-            if bad is not None:
-                found = (bad, problem, bad_expected)
-            legacy = _legacy_payload_problem(cursor, after, bad or last_sequence)
-            if legacy is not None and (found is None or (legacy, 1) < found[:2]):
-                found = (legacy, 1, expected + _place(cursor, after, legacy))
-            if found is not None:
-                sequence, check, at = found
-                if check == 0:
-                    return ChainReport(False, checked + at - expected, at, f"event #{at} {MISSING}")
-                return ChainReport(False, checked + at - expected, sequence, _PROBLEMS[check])
-            checked += count
-            previous, expected, after = last_hash, last_expected + 1, last_sequence
+            cursor.execute(_BATCH_SQL, [frontier.size, batch])
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            for index, stored, recomputed, sequence, payload_bad, legacy, digest in rows:
+                size = frontier.size
+                if index != size:
+                    _fail(size, f"entry {size} is missing from the log", index=size)
+                if recomputed is None:
+                    _fail(size, f"entry {index}: its event is missing", index=index)
+                if payload_bad or (
+                    legacy is not None and payload_digest(json.loads(legacy)) != digest
+                ):
+                    _fail(
+                        size,
+                        f"entry {index} (event #{sequence}): {PAYLOAD}",
+                        index=index,
+                        sequence=sequence,
+                    )
+                if bytes(recomputed) != bytes(stored):
+                    _fail(
+                        size,
+                        f"entry {index} (event #{sequence}): {REWRITTEN}",
+                        index=index,
+                        sequence=sequence,
+                    )
+                frontier.append(bytes(recomputed))
+                while at < len(marks) and marks[at].size == frontier.size:
+                    if frontier.root() != marks[at].root:
+                        since = f"; it matched up to size {matched}" if matched else ""
+                        _fail(
+                            frontier.size,
+                            f"the log's first {frontier.size} entries do not match "
+                            f"{marks[at].source}: an entry before it was changed{since}",
+                            bad_size=frontier.size,
+                        )
+                    matched = frontier.size
+                    at += 1
+            if progress is not None:
+                progress(frontier.size)
+    if at < len(marks):
+        beyond = marks[at]
+        missing = beyond.size - frontier.size
+        _fail(
+            frontier.size,
+            f"the log holds {frontier.size} entries, but {beyond.source}: "
+            f"{missing} entr{'y is' if missing == 1 else 'ies are'} missing",
+            bad_size=beyond.size,
+        )
+    return frontier.size
 
 
-def _legacy_payload_problem(cursor: Any, after: int, upto: int) -> int | None:
-    """The first event in (after, upto] without canonical text whose payload does not match its
-    digest, recomputed in Python (events written before the text was kept)."""
-    cursor.execute(
-        "SELECT sequence, payload::text, payload_digest FROM audit_auditevent"
-        " WHERE sequence > %s AND sequence <= %s AND payload_canonical IS NULL"
-        " ORDER BY sequence",
-        [after, upto],
+def _fail(
+    checked: int,
+    problem: str,
+    *,
+    index: int | None = None,
+    sequence: int | None = None,
+    bad_size: int | None = None,
+) -> NoReturn:
+    raise _Broken(
+        LogReport(
+            False,
+            checked,
+            0,
+            problem=problem,
+            first_bad_index=index,
+            first_bad_sequence=sequence,
+            bad_size=bad_size,
+        )
     )
-    for sequence, payload, digest in cursor.fetchall():
-        if payload_digest(json.loads(payload)) != digest:
-            return int(sequence)
-    return None
 
 
-def _place(cursor: Any, after: int, sequence: int) -> int:
-    """How many events of the batch after `after` come before `sequence`."""
-    cursor.execute(
-        "SELECT count(*) FROM audit_auditevent WHERE sequence > %s AND sequence < %s",
-        [after, sequence],
-    )
-    return int(cursor.fetchone()[0])
+def pending_count() -> int:
+    """Events written but not yet taken into the log (the sequencer runs every few seconds).
+    Only those written since the sequencer's last full pass can be waiting: it looks there."""
+    latest = AuditCheckpoint.objects.order_by("-size").values_list("xid_floor", flat=True).first()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM audit_auditevent e WHERE e.writer_xid >= %s"
+            " AND NOT EXISTS (SELECT 1 FROM audit_auditleaf l WHERE l.event_id = e.id)",
+            [latest or 0],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def last_verification() -> AuditEvent | None:
+    """The newest full verification's record (its payload holds the verdict)."""
+    return AuditEvent.objects.filter(verb="audit.verified").order_by("-sequence").first()
 
 
 def recent_events(*, verb_prefix: str = "", target: str = "") -> QuerySet[AuditEvent]:

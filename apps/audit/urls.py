@@ -8,5 +8,7 @@ app_name = "audit"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("verification/", views.verification, name="verification"),
+    path("verify/", views.verify, name="verify"),
     path("flight-recorder/", views.flight_recorder, name="flight_recorder"),
 ]

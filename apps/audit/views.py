@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from uuid import UUID
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.access import role_required
 from apps.accounts.roles import Role
+from apps.audit.log import latest_checkpoint
 from apps.audit.models import AuditEvent
-from apps.audit.selectors import audit_verify, flight_record, recent_events
+from apps.audit.selectors import flight_record, last_verification, pending_count, recent_events
+from apps.audit.tasks import verification_progress, verification_start
 
 # A trace id as the flight recorder shows it (and OpenTelemetry writes it): 32 hex digits.
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -20,12 +24,42 @@ TRACE_ID = re.compile(r"[0-9a-f]{32}")
 @require_GET
 @role_required(Role.RISK)
 def index(request: HttpRequest) -> HttpResponse:
-    """The audit trail, newest first, with the chain's verdict at the top."""
+    """The audit trail, newest first, under the log's latest signed checkpoint and its last
+    full verification (run from here, in the background: a page load verifies nothing)."""
     verb = request.GET.get("verb", "").strip()
     events = recent_events(verb_prefix=verb)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
-    context = {"page": page, "verb": verb, "report": audit_verify()}
+    context = {"page": page, "verb": verb, **_log_state()}
     return render(request, "audit/index.html", context)
+
+
+def _log_state() -> dict[str, Any]:
+    checkpoint = latest_checkpoint()
+    return {
+        "checkpoint": checkpoint,
+        "root_hex": bytes(checkpoint.root_hash).hex() if checkpoint else "",
+        "pending": pending_count(),
+        "last_verification": last_verification(),
+        "progress": verification_progress(),
+    }
+
+
+@require_GET
+@role_required(Role.RISK)
+def verification(request: HttpRequest) -> HttpResponse:
+    """The verification panel alone: the page polls it while a verification runs."""
+    return render(request, "audit/index.html#verification", _log_state())
+
+
+@require_POST
+@role_required(Role.RISK)
+def verify(request: HttpRequest) -> HttpResponse:
+    """Start a full verification of the log on a worker."""
+    if verification_start(user=request.user):
+        messages.success(request, "Verification started: the whole log is being recomputed.")
+    else:
+        messages.info(request, "A verification is already running.")
+    return redirect("audit:index")
 
 
 @require_GET

@@ -1,5 +1,5 @@
 """Each audit event keeps the trace id of the request or task that wrote it (when tracing is on):
-covered by its hash, shown on the flight recorder, and a way to filter it."""
+covered by its leaf in the log, shown on the flight recorder, and a way to filter it."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer, use_span
 
 from apps.accounts.roles import Role
+from apps.audit.log import log_integrate
 from apps.audit.models import AuditEvent
-from apps.audit.selectors import audit_verify
-from apps.audit.services import audit_record, event_hash
+from apps.audit.selectors import REWRITTEN, audit_verify
+from apps.audit.services import audit_record
 from apps.core import tracing
 from apps.registry.models import Workflow
-from tests.audit.test_chain import out_of_band
+from tests.audit.conftest import out_of_band
 
 pytestmark = pytest.mark.django_db
 
@@ -72,34 +73,26 @@ def test_audit_record__tracing_off__no_trace_id(workflow: Workflow) -> None:
     assert record(workflow, "test.event").trace_id == ""
 
 
-def test_hash__covers_the_trace_id__untraced_events_hash_as_before(
+def test_log__covers_the_trace_id__a_rewritten_one_is_found(
     tracer: Tracer, workflow: Workflow
 ) -> None:
-    # Given a traced event and an untraced one
+    # Given a traced event and an untraced one, taken into the log
     record_in_span(tracer, workflow, "test.traced", "order:1042")
-    untraced = record(workflow, "test.untraced")
-
-    # Then the untraced one's hash is the one it had before trace ids were kept (none added)
-    assert untraced.hash == event_hash(
-        sequence=untraced.sequence,
-        created_at=untraced.created_at,
-        actor_type=untraced.actor_type,
-        actor=untraced.actor,
-        verb=untraced.verb,
-        target_type=untraced.target_type,
-        target_id=untraced.target_id,
-        subject=untraced.subject,
-        digest=untraced.payload_digest,
-        previous_hash=untraced.previous_hash,
-    )
+    record(workflow, "test.untraced")
+    log_integrate()
 
     # When the traced one is tied to another trace, directly in the database
-    out_of_band("UPDATE audit_auditevent SET trace_id = %s WHERE sequence = 1", ["a" * 32])
+    traced = AuditEvent.objects.get(verb="test.traced")
+    out_of_band("UPDATE audit_auditevent SET trace_id = %s WHERE id = %s", ["a" * 32, traced.pk])
 
-    # Then verification finds it
+    # Then verification names it
     report = audit_verify()
-    assert (report.intact, report.first_bad_sequence) == (False, 1)
-    assert report.problem == "its fields do not match its hash"
+    assert (report.intact, report.first_bad_index, report.first_bad_sequence) == (
+        False,
+        0,
+        traced.sequence,
+    )
+    assert report.problem.endswith(REWRITTEN)
 
 
 def test_flight_recorder__each_event_shows_its_trace_id_linked_to_its_trace(

@@ -49,8 +49,24 @@ def wrong_kind(scheme: str, hostile: Hostile) -> str:
     return hostile.staff_token if scheme == "AgentKeyAuth" else hostile.agent_key
 
 
+# The audit log's checkpoints, key and consistency proofs answer anyone, as transparency logs'
+# do (apps/audit/api.py); nothing else may.
+PUBLIC = {
+    ("GET", "/api/v1/audit/checkpoint"),
+    ("GET", "/api/v1/audit/checkpoints"),
+    ("GET", "/api/v1/audit/checkpoints/{size}"),
+    ("GET", "/api/v1/audit/consistency"),
+    ("GET", "/api/v1/audit/key"),
+}
+GUARDED = [operation for operation in OPERATIONS if operation[2] != "public"]
+
+
+def test_public_operations__only_the_audit_logs_reads() -> None:
+    assert {(m, p) for m, p, scheme in OPERATIONS if scheme == "public"} == PUBLIC
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "scheme"), OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS]
+    ("method", "path", "scheme"), GUARDED, ids=[f"{m} {p}" for m, p, _ in GUARDED]
 )
 def test_operation__without_or_with_bad_credentials__401_and_nothing_recorded(
     client: Client, hostile: Hostile, method: str, path: str, scheme: str

@@ -1,4 +1,5 @@
-"""The Python client of Escapement's agent API. Standard library only; no Django needed.
+"""The Python client of Escapement's agent API, and the audit log's stand-alone verifier
+(`escapement_client.transparency`). Standard library and `cryptography` only; no Django needed.
 
 from escapement_client import Escapement
 

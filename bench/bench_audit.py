@@ -53,7 +53,7 @@ FROM (
               || ',"currency":"EUR","order_id":"' || (1000 + n %% 9000)
               || '","reason":"damaged"},"reasons":[{"id":"refunds-under-cap","message":'
               || '"Refunds up to 50.00 EUR run on their own"}],"to":"running"}' AS canonical
-    FROM generate_series(%s, %s) AS n
+    FROM generate_series(%s::bigint, %s::bigint) AS n
 ) rows
 """
 

@@ -26,9 +26,11 @@ from escapement_client.transparency import (
     Frontier,
     TransparencyError,
     checkpoint_body,
+    checkpoint_parse,
     consistency_path,
     inclusion_path,
     note_sign,
+    note_verify,
     subtree_hash,
     verifier_key_for,
 )
@@ -113,6 +115,8 @@ def log_integrate(*, limit: int = 10_000) -> AuditCheckpoint | None:
             if not cursor.fetchone()[0]:
                 return None
             latest = latest_checkpoint()
+            if latest is not None and not _sound(latest):
+                return None
             frontier = (
                 Frontier.from_list(latest.size, [bytes.fromhex(h) for h in latest.frontier])
                 if latest
@@ -150,6 +154,31 @@ def log_integrate(*, limit: int = 10_000) -> AuditCheckpoint | None:
         )
         transaction.on_commit(lambda: checkpoint_publish(checkpoint))
     return checkpoint
+
+
+def _sound(latest: AuditCheckpoint) -> bool:
+    """Whether the sequencer may go on from `latest`: its note is signed by the log's key for
+    its own size and root, and no leaf lies beyond it. Anything else was written by another
+    hand than the sequencer's; building on it would sign a tree no one can verify, so the
+    sequencer stops and says so until someone looks."""
+    problem = ""
+    try:
+        signed = checkpoint_parse(note_verify(latest.note, verifier_key()))
+    except TransparencyError as exc:
+        problem = f"its note does not verify ({exc})"
+    else:
+        if (signed.size, signed.root_hash) != (latest.size, bytes(latest.root_hash)):
+            problem = "its row does not match its signed note"
+    if not problem and AuditLeaf.objects.filter(index__gte=latest.size).exists():
+        problem = "leaves were written beyond it"
+    if problem:
+        logger.error(
+            "audit log: the sequencer stops at the checkpoint of size %s: %s; "
+            "run manage.py audit_verify",
+            latest.size,
+            problem,
+        )
+    return not problem
 
 
 def log_integrate_all() -> int:

@@ -374,3 +374,17 @@ def test_verify__key_rotated__old_checkpoints_verify_with_the_past_key(settings:
     assert (report.intact, report.bad_size) == (False, 2)
     settings.AUDIT_PAST_VERIFIER_KEYS = [old]
     assert audit_verify().intact
+
+
+def test_verify__event_written_before_canonical_text_was_kept__digest_checked_in_python() -> None:
+    # Given an event without canonical text (as written before it was kept), in the log
+    record_events(2)
+    second = AuditEvent.objects.order_by("sequence")[1]
+    out_of_band("UPDATE audit_auditevent SET payload_canonical = NULL WHERE id = %s", [second.pk])
+    log_integrate()
+    assert audit_verify().intact
+    # When its payload is changed, Python's recomputation of its digest finds it
+    out_of_band("UPDATE audit_auditevent SET payload = '{\"n\": 7}' WHERE id = %s", [second.pk])
+    report = audit_verify()
+    assert (report.intact, report.first_bad_index) == (False, 1)
+    assert report.problem.endswith(PAYLOAD)

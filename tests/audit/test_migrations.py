@@ -113,4 +113,37 @@ def assert_append_only(run: Run) -> None:
     ):
         with pytest.raises(Exception, match="append-only"):
             run(statement)
-    assert run("SELECT sequence, actor FROM audit_auditevent") == [(1, "system")]
+    assert run("SELECT sequence, actor FROM audit_auditevent ORDER BY sequence")[0] == (1, "system")
+
+
+def test_migration__chain_to_merkle_log__events_kept_numbers_go_on_and_every_table_guarded(
+    postgres: tuple[str, Run],
+) -> None:
+    url, run = postgres
+    # Given a hash-chained trail holding an event (its canonical text not kept yet)
+    migrate(url, "0005")
+    run(OLD_EVENT_WITH_TRACE)
+    # When it becomes a Merkle log
+    migrate(url, "0006")
+    # Then the event is there, waiting for the sequencer, and new events are numbered after it
+    assert run("SELECT sequence, verb, writer_xid > 0 FROM audit_auditevent") == [
+        (1, "test.event", True)
+    ]
+    run(
+        "INSERT INTO audit_auditevent (created_at, actor_type, actor, verb, target_type,"
+        " target_id, subject, trace_id, payload, payload_digest) VALUES (now(), 'system',"
+        " 'system', 'test.next', 'registry.workflow', '1', '', '', '{}', 'digest')"
+    )
+    assert run("SELECT sequence FROM audit_auditevent WHERE verb = 'test.next'") == [(2,)]
+    assert run("SELECT count(*) FROM audit_auditleaf") == [(0,)]
+    # ... and every table of the trail refuses changes, TRUNCATE included
+    assert_append_only(run)
+    for table in (
+        "audit_auditevent",
+        "audit_auditleaf",
+        "audit_auditnode",
+        "audit_auditcheckpoint",
+    ):
+        with pytest.raises(Exception, match="append-only"):
+            run(f"TRUNCATE {table} CASCADE")
+    assert run("SELECT count(*) FROM audit_auditevent") == [(2,)]

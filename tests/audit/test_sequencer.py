@@ -148,3 +148,29 @@ def test_checkpoint__transaction_rolled_back__nothing_leaves_the_database(
     assert not Path(settings.AUDIT_WITNESS_FILE).exists()
     assert not AuditCheckpoint.objects.exists()
     assert AuditEvent.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "UPDATE audit_auditcheckpoint SET root_hash = %s",
+        "INSERT INTO audit_auditleaf (index, event_id, hash) SELECT 99, max(id), %s"
+        " FROM audit_auditevent",
+    ],
+)
+def test_integrate__state_written_by_another_hand__sequencer_stops_and_says_so(
+    forgery: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    workflow = Workflow.objects.create(slug="claims", name="Claims")
+    with transaction.atomic():
+        audit_record(actor="system", verb="test.one", target=workflow)
+    assert log_integrate() is not None
+    with transaction.atomic():
+        audit_record(actor="system", verb="test.two", target=workflow)
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+        cursor.execute(forgery, [bytes(32)])
+        cursor.execute("SET session_replication_role = origin")
+    assert log_integrate() is None
+    assert "the sequencer stops at the checkpoint of size 1" in caplog.text
+    assert AuditCheckpoint.objects.count() == 1

@@ -131,16 +131,20 @@ def log_integrate(*, limit: int = 10_000) -> AuditCheckpoint | None:
             rows = cursor.fetchall()
         if not rows:
             return None
-        leaves: list[AuditLeaf] = []
-        nodes: list[AuditNode] = []
+        leaves: list[tuple[int, int, bytes]] = []
+        nodes: list[tuple[int, int, bytes]] = []
         for event_id, leaf in rows:
-            leaves.append(AuditLeaf(index=frontier.size, event_id=event_id, hash=bytes(leaf)))
-            nodes.extend(
-                AuditNode(level=level, index=index, hash=value)
-                for level, index, value in frontier.append(bytes(leaf))
-            )
-        AuditLeaf.objects.bulk_create(leaves)
-        AuditNode.objects.bulk_create(nodes)
+            leaves.append((frontier.size, event_id, bytes(leaf)))
+            nodes.extend(frontier.append(bytes(leaf)))
+        # Written with COPY: a backlog of many thousands goes in as fast as PostgreSQL reads.
+        with connection.cursor() as cursor:
+            for copy, values in (
+                ("COPY audit_auditleaf (index, event_id, hash) FROM STDIN", leaves),
+                ("COPY audit_auditnode (level, index, hash) FROM STDIN", nodes),
+            ):
+                with cursor.cursor.copy(copy) as writer:
+                    for row in values:
+                        writer.write_row(row)
         root = frontier.root()
         body = checkpoint_body(Checkpoint(origin=log_origin(), size=frontier.size, root_hash=root))
         checkpoint = AuditCheckpoint.objects.create(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import connection
@@ -54,14 +54,21 @@ class _Mark:
 # stored JSON), and for events written before the canonical text was kept, the payload as text
 # for Python to digest.
 _BATCH_SQL = f"""
-SELECT l.index, l.hash, {LEAF_SQL}, e.sequence,
-       e.payload_canonical IS NOT NULL AND (
-           encode(sha256(convert_to(e.payload_canonical, 'UTF8')), 'hex') <> e.payload_digest
-           OR e.payload_canonical::jsonb <> e.payload),
-       CASE WHEN e.id IS NOT NULL AND e.payload_canonical IS NULL THEN e.payload::text END,
-       e.payload_digest
-FROM audit_auditleaf l LEFT JOIN audit_auditevent e ON e.id = l.event_id
-WHERE l.index >= %s ORDER BY l.index LIMIT %s
+SELECT index, leaf, sequence,
+       CASE WHEN sequence IS NULL THEN 1 WHEN payload_bad THEN 2 WHEN leaf <> stored THEN 3
+            ELSE 0 END,
+       legacy, digest
+FROM (
+    SELECT l.index, l.hash AS stored, {LEAF_SQL} AS leaf, e.sequence,
+           e.payload_canonical IS NOT NULL AND (
+               encode(sha256(convert_to(e.payload_canonical, 'UTF8')), 'hex') <> e.payload_digest
+               OR e.payload_canonical::jsonb <> e.payload) AS payload_bad,
+           CASE WHEN e.id IS NOT NULL AND e.payload_canonical IS NULL THEN e.payload::text END
+               AS legacy,
+           e.payload_digest AS digest
+    FROM audit_auditleaf l LEFT JOIN audit_auditevent e ON e.id = l.event_id
+    WHERE l.index >= %s ORDER BY l.index LIMIT %s
+) batch
 """  # noqa: S608 (LEAF_SQL is constant text)
 
 
@@ -147,62 +154,87 @@ def _note_open(note: str, keys: list[str]) -> str:
 
 
 def _entries_verify(marks: list[_Mark], batch: int, progress: Callable[[int], None] | None) -> int:
-    """Walk the log in order; the number of entries, each recomputed, when all is well."""
+    """Walk the log in order; the number of entries, each recomputed, when all is well. Each
+    batch is checked whole first (PostgreSQL flags what is wrong); the tree then takes its
+    leaves in one go, stopping at each checkpoint's size to compare roots."""
     frontier = Frontier()
-    matched = 0  # the largest checkpoint size the tree has matched so far
-    at = 0  # the next mark to reach
+    reached = _Reached(marks)
     with connection.cursor() as cursor:
         while True:
             cursor.execute(_BATCH_SQL, [frontier.size, batch])
             rows = cursor.fetchall()
             if not rows:
                 break
-            for index, stored, recomputed, sequence, payload_bad, legacy, digest in rows:
-                size = frontier.size
-                if index != size:
-                    _fail(size, f"entry {size} is missing from the log", index=size)
-                if recomputed is None:
-                    _fail(size, f"entry {index}: its event is missing", index=index)
-                if payload_bad or (
-                    legacy is not None and payload_digest(json.loads(legacy)) != digest
-                ):
-                    _fail(
-                        size,
-                        f"entry {index} (event #{sequence}): {PAYLOAD}",
-                        index=index,
-                        sequence=sequence,
-                    )
-                if bytes(recomputed) != bytes(stored):
-                    _fail(
-                        size,
-                        f"entry {index} (event #{sequence}): {REWRITTEN}",
-                        index=index,
-                        sequence=sequence,
-                    )
-                frontier.append(bytes(recomputed))
-                while at < len(marks) and marks[at].size == frontier.size:
-                    if frontier.root() != marks[at].root:
-                        since = f"; it matched up to size {matched}" if matched else ""
-                        _fail(
-                            frontier.size,
-                            f"the log's first {frontier.size} entries do not match "
-                            f"{marks[at].source}: an entry before it was changed{since}",
-                            bad_size=frontier.size,
-                        )
-                    matched = frontier.size
-                    at += 1
+            bad = _first_bad(frontier.size, rows)
+            good = rows if bad is None else rows[: bad[0]]
+            reached.extend(frontier, [bytes(row[1]) for row in good])
+            if bad is not None:
+                _fail(frontier.size, bad[1], index=frontier.size, sequence=bad[2])
             if progress is not None:
                 progress(frontier.size)
-    if at < len(marks):
-        beyond = marks[at]
-        missing = beyond.size - frontier.size
-        _fail(
-            frontier.size,
-            f"the log holds {frontier.size} entries, but {beyond.source}: "
-            f"{missing} entr{'y is' if missing == 1 else 'ies are'} missing",
-            bad_size=beyond.size,
-        )
+    reached.end(frontier)
     return frontier.size
+
+
+def _first_bad(size: int, rows: list[tuple[Any, ...]]) -> tuple[int, str, int | None] | None:
+    """The first row of a batch starting at entry `size` that is wrong: its place in the batch,
+    what is wrong, its event's number."""
+    if rows[0][0] == size and rows[-1][0] - size == len(rows) - 1:
+        suspects = [place for place, row in enumerate(rows) if row[3] or row[4] is not None]
+    else:
+        suspects = list(range(len(rows)))
+    for place in suspects:
+        index, _, sequence, check, legacy, digest = rows[place]
+        if index != size + place:
+            return place, f"entry {size + place} is missing from the log", None
+        if check == 1:
+            return place, f"entry {index}: its event is missing", None
+        if check == 2 or (legacy is not None and payload_digest(json.loads(legacy)) != digest):
+            return place, f"entry {index} (event #{sequence}): {PAYLOAD}", sequence
+        if check == 3:
+            return place, f"entry {index} (event #{sequence}): {REWRITTEN}", sequence
+    return None
+
+
+class _Reached:
+    """The checkpoints the tree is held against, in order of size, as it grows."""
+
+    def __init__(self, marks: list[_Mark]) -> None:
+        self.marks, self.at, self.matched = marks, 0, 0
+
+    def extend(self, frontier: Frontier, leaves: list[bytes]) -> None:
+        taken = 0
+        while (
+            self.at < len(self.marks)
+            and self.marks[self.at].size <= frontier.size + len(leaves) - taken
+        ):
+            mark = self.marks[self.at]
+            cut = taken + mark.size - frontier.size
+            frontier.extend(leaves[taken:cut])
+            taken = cut
+            if frontier.root() != mark.root:
+                since = f"; it matched up to size {self.matched}" if self.matched else ""
+                _fail(
+                    frontier.size,
+                    f"the log's first {frontier.size} entries do not match {mark.source}: "
+                    f"an entry before it was changed{since}",
+                    bad_size=frontier.size,
+                )
+            self.matched = frontier.size
+            self.at += 1
+        frontier.extend(leaves[taken:])
+
+    def end(self, frontier: Frontier) -> None:
+        """The log is read to its end: no checkpoint may lie beyond it."""
+        if self.at < len(self.marks):
+            beyond = self.marks[self.at]
+            missing = beyond.size - frontier.size
+            _fail(
+                frontier.size,
+                f"the log holds {frontier.size} entries, but {beyond.source}: "
+                f"{missing} entr{'y is' if missing == 1 else 'ies are'} missing",
+                bad_size=beyond.size,
+            )
 
 
 def _fail(

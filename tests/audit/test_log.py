@@ -388,3 +388,19 @@ def test_verify__event_written_before_canonical_text_was_kept__digest_checked_in
     report = audit_verify()
     assert (report.intact, report.first_bad_index) == (False, 1)
     assert report.problem.endswith(PAYLOAD)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 50_000])
+def test_verify__any_batch_size__same_verdicts(batch: int) -> None:
+    record_events(3)
+    log_integrate()
+    record_events(4)
+    log_integrate()
+    assert audit_verify(batch=batch).checked == 7
+    fifth = AuditEvent.objects.order_by("sequence")[4]
+    out_of_band("UPDATE audit_auditevent SET actor = 'mallory' WHERE id = %s", [fifth.pk])
+    report = audit_verify(batch=batch)
+    assert (report.intact, report.checked, report.first_bad_index) == (False, 4, 4)
+    out_of_band("DELETE FROM audit_auditleaf WHERE index = 2")
+    report = audit_verify(batch=batch)
+    assert (report.checked, report.problem) == (2, "entry 2 is missing from the log")

@@ -245,6 +245,16 @@ def test_frontier__larger_sizes__root_equals_the_tree_root(size: int) -> None:
         assert frontier.root() == mth(hashes)
 
 
+def test_frontier__extend_in_pieces__same_root_as_appending_one_by_one() -> None:
+    for first in range(0, 140, 7):
+        extended = Frontier()
+        extended.extend(LEAF_HASHES[:first])
+        extended.extend(LEAF_HASHES[first:140])
+        assert (extended.size, extended.root()) == (140, mth(LEAF_HASHES[:140])), first
+    with pytest.raises(TransparencyError, match="leaf hash"):
+        Frontier().extend([b"short"])
+
+
 def test_frontier__append__returns_the_perfect_subtrees_it_completes() -> None:
     frontier = Frontier()
     seen: dict[tuple[int, int], bytes] = {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -67,7 +69,7 @@ FROM (
                AS legacy,
            e.payload_digest AS digest
     FROM audit_auditleaf l LEFT JOIN audit_auditevent e ON e.id = l.event_id
-    WHERE l.index >= %s ORDER BY l.index LIMIT %s
+    WHERE l.index >= %s AND l.index < %s ORDER BY l.index
 ) batch
 """  # noqa: S608 (LEAF_SQL is constant text)
 
@@ -159,21 +161,71 @@ def _entries_verify(marks: list[_Mark], batch: int, progress: Callable[[int], No
     leaves in one go, stopping at each checkpoint's size to compare roots."""
     frontier = Frontier()
     reached = _Reached(marks)
-    with connection.cursor() as cursor:
-        while True:
-            cursor.execute(_BATCH_SQL, [frontier.size, batch])
-            rows = cursor.fetchall()
-            if not rows:
-                break
-            bad = _first_bad(frontier.size, rows)
-            good = rows if bad is None else rows[: bad[0]]
-            reached.extend(frontier, [bytes(row[1]) for row in good])
-            if bad is not None:
-                _fail(frontier.size, bad[1], index=frontier.size, sequence=bad[2])
-            if progress is not None:
-                progress(frontier.size)
+    for rows in _batches(batch):
+        if not rows:
+            _fail(
+                frontier.size, f"entry {frontier.size} is missing from the log", index=frontier.size
+            )
+        bad = _first_bad(frontier.size, rows)
+        good = rows if bad is None else rows[: bad[0]]
+        reached.extend(frontier, [bytes(row[1]) for row in good])
+        if bad is not None:
+            _fail(frontier.size, bad[1], index=frontier.size, sequence=bad[2])
+        if progress is not None:
+            progress(frontier.size)
     reached.end(frontier)
     return frontier.size
+
+
+# Outside a transaction, batches are recomputed by this many database sessions side by side
+# (PostgreSQL gives each its own process), while this one takes their leaves in order.
+VERIFY_SESSIONS = 2
+
+
+def _batches(batch: int) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of each range of `batch` entries up to the last leaf, in order."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT max(index) FROM audit_auditleaf")
+        last = cursor.fetchone()[0]
+    if last is None:
+        return
+    starts = range(0, last + 1, batch)
+    if connection.in_atomic_block:
+        # (other sessions would not see what this transaction wrote)
+        for start in starts:
+            yield _batch_rows(start, batch)
+        return
+    with ThreadPoolExecutor(VERIFY_SESSIONS) as pool:
+        # A few batches ahead of the one being taken in, never the whole log in memory.
+        ahead: deque[Future[list[tuple[Any, ...]]]] = deque()
+        following = iter(starts)
+        try:
+            while True:
+                while len(ahead) <= VERIFY_SESSIONS and (
+                    (next_start := next(following, None)) is not None
+                ):
+                    ahead.append(pool.submit(_batch_rows_apart, next_start, batch))
+                if not ahead:
+                    return
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
+def _batch_rows(start: int, batch: int) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(_BATCH_SQL, [start, start + batch])
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
+
+
+def _batch_rows_apart(start: int, batch: int) -> list[tuple[Any, ...]]:
+    """One batch on a session of this thread's own, closed when done."""
+    try:
+        return _batch_rows(start, batch)
+    finally:
+        connection.close()
 
 
 def _first_bad(size: int, rows: list[tuple[Any, ...]]) -> tuple[int, str, int | None] | None:

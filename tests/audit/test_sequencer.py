@@ -18,6 +18,7 @@ from apps.audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
 from apps.audit.selectors import audit_verify, pending_count
 from apps.audit.services import audit_record
 from apps.registry.models import Workflow
+from tests.audit.conftest import out_of_band
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -174,3 +175,27 @@ def test_integrate__state_written_by_another_hand__sequencer_stops_and_says_so(
     assert log_integrate() is None
     assert "the sequencer stops at the checkpoint of size 1" in caplog.text
     assert AuditCheckpoint.objects.count() == 1
+
+
+def test_verify__outside_a_transaction__batches_side_by_side_find_the_same_problems() -> None:
+    # Given 9 committed entries in the log
+    workflow = Workflow.objects.create(slug="claims", name="Claims")
+    for number in range(9):
+        with transaction.atomic():
+            audit_record(actor="system", verb="test.event", target=workflow, data={"n": number})
+    log_integrate_all()
+    assert audit_verify(batch=2) == audit_verify(batch=50_000)
+    assert audit_verify(batch=2).checked == 9
+    # When entry 5's event is rewritten, then entry 3's leaf removed, out of band
+    fifth = AuditEvent.objects.order_by("sequence")[5]
+    with transaction.atomic():
+        out_of_band("UPDATE audit_auditevent SET actor = 'mallory' WHERE id = %s", [fifth.pk])
+    # Then every batch size names it
+    for batch in (1, 2, 3, 4, 50_000):
+        report = audit_verify(batch=batch)
+        assert (report.intact, report.checked, report.first_bad_index) == (False, 5, 5), batch
+    with transaction.atomic():
+        out_of_band("DELETE FROM audit_auditleaf WHERE index = 3")
+    for batch in (1, 2, 3, 50_000):
+        report = audit_verify(batch=batch)
+        assert (report.checked, report.problem) == (3, "entry 3 is missing from the log"), batch

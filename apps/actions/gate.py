@@ -19,18 +19,18 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.actions.breaker import circuit_refusing
-from apps.actions.decision import action_rule, active_version
+from apps.actions.decision import action_rule
 from apps.actions.dispatch import action_dispatch
 from apps.actions.metrics import GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS
 from apps.actions.models import Action, Decision, Status
 from apps.actions.params import ParamsInvalid, params_check
+from apps.actions.snapshot import RegistryView, registry_view
 from apps.actions.states import transition_insert
 from apps.audit.services import audit_batch
 from apps.killswitches.coverage import covering
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch
-from apps.registry.models import Agent, AgentKey, Tool, Workflow
-from apps.registry.services import key_workflow_slugs
+from apps.registry.models import Agent, AgentKey, Tool
 from apps.reviews.items import review_open
 from apps.runtime.budgets import UsageRefused, usage_record
 
@@ -115,12 +115,14 @@ def _existing(agent: Agent, proposal: Proposal, params: dict[str, Any]) -> Actio
     return earlier
 
 
-def _scoped_tool(key: AgentKey, agent: Agent, proposal: Proposal) -> tuple[tuple[str, ...], Tool]:
+def _scoped_tool(
+    registry: RegistryView, key: AgentKey, agent: Agent, proposal: Proposal
+) -> tuple[tuple[str, ...], Tool]:
     """The agent's workflows and the proposed tool, once the key's scope and the agent's tools
     allow both; refused (403) otherwise. Checked before anything is read or replayed: a key
     scoped to one workflow never learns of an action in another."""
-    served = tuple(sorted(agent.workflows.values_list("slug", flat=True)))
-    allowed = key_workflow_slugs(key, served=served)
+    served = registry.served(agent)
+    allowed = registry.key_workflows(key, served=served)
     if proposal.workflow not in allowed:
         firewall_scope_violation(
             agent, field="workflow", value=proposal.workflow, message="not among its workflows"
@@ -131,7 +133,7 @@ def _scoped_tool(key: AgentKey, agent: Agent, proposal: Proposal) -> tuple[tuple
             "workflow",
             "not among the key's workflows: " + (", ".join(sorted(allowed)) or "none"),
         )
-    tool = agent.tools.filter(slug=proposal.tool).first()
+    tool = registry.tool(agent, proposal.tool)
     if tool is None:
         firewall_scope_violation(
             agent, field="tool", value=proposal.tool, message="not among the agent's tools"
@@ -159,7 +161,8 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
     """Decide one proposal and record it. The same idempotency key from the same agent returns
     the first action (created=False), however many duplicates arrive at once."""
     agent = key.agent
-    served, tool = _scoped_tool(key, agent, proposal)
+    registry = registry_view()
+    served, tool = _scoped_tool(registry, key, agent, proposal)
     params = checked_params(tool, proposal.params)
     earlier = _existing(agent, proposal, params)
     if earlier is not None:
@@ -170,7 +173,7 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
     firewall_proposal(agent)
     try:
         with transaction.atomic(), audit_batch():
-            action = _record(key, agent, served, tool, proposal, params)
+            action = _record(registry, key, agent, served, tool, proposal, params)
             if proposal.usage:
                 # The model usage behind the proposal counts against the same budgets as a
                 # hosted agent's calls, in the same transaction as the action it produced.
@@ -191,6 +194,7 @@ def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
 
 
 def _record(
+    registry: RegistryView,
     key: AgentKey,
     agent: Agent,
     served: tuple[str, ...],
@@ -198,12 +202,10 @@ def _record(
     proposal: Proposal,
     params: dict[str, Any],
 ) -> Action:
-    # The active version brings its workflow along: one query where there were two (the gate's
-    # time goes mostly to its statements; see docs/benchmarks.md).
-    version = active_version(proposal.workflow)
-    workflow = (
-        version.workflow if version is not None else Workflow.objects.get(slug=proposal.workflow)
-    )
+    version, workflow = registry.active(proposal.workflow)
+    if workflow is None:
+        # (the key's scope named it: it was deleted since)
+        raise GateRefusal(403, f"This key may not act in workflow {proposal.workflow!r}.")
     switches = list(
         KillSwitch.objects.filter(
             covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)

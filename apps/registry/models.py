@@ -183,3 +183,15 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model}"
+
+
+class RegistryGeneration(models.Model):
+    """One row whose value moves (to a new number from a database sequence, never reused, even
+    by a transaction that rolls back) whenever the agents, their workflows, tools and key scopes,
+    or the Decision Books' versions change: triggers on those tables move it. The gate keeps what
+    it reads of them between requests and reads this value to know when to read them again."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"registry generation {self.value}"

@@ -44,7 +44,7 @@ SEQUENCER_BATCH = 50_000
 _FILL_SQL = """
 INSERT INTO audit_auditevent (created_at, actor_type, actor, verb, target_type, target_id,
                               subject, trace_id, payload, payload_digest, payload_canonical)
-SELECT now() - interval '30 days' + n * interval '1 millisecond', 'system', 'system:worker',
+SELECT now() - interval '5 minutes' + n * interval '100 microseconds', 'system', 'system:worker',
        'action.running', 'actions.action', md5(n::text), 'order:' || (1000 + n %% 9000),
        CASE WHEN n %% 2 = 1 THEN lpad(to_hex(n), 32, '0') ELSE '' END,
        canonical::jsonb, encode(sha256(convert_to(canonical, 'UTF8')), 'hex'), canonical

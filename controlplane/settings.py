@@ -207,6 +207,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 # The origin line of its checkpoints: a name for this log that no other log uses.
 AUDIT_LOG_ORIGIN = ENV.get("AUDIT_LOG_ORIGIN", DEFAULT_AUDIT_ORIGIN).strip() or DEFAULT_AUDIT_ORIGIN
 AUDIT_SIGNING_KEY = audit_signing_key(ENV, VAR_DIR, AUDIT_LOG_ORIGIN)
+# The log's verifier key, for hosts that serve it but do not sign (the web): with it set there,
+# the signing key stays on the workers. Empty: derived from AUDIT_SIGNING_KEY.
+AUDIT_VERIFIER_KEY = ENV.get("AUDIT_VERIFIER_KEY", "").strip()
 # Verifier keys of keys that signed checkpoints before the current one (comma-separated).
 AUDIT_PAST_VERIFIER_KEYS = env_list(ENV, "AUDIT_PAST_VERIFIER_KEYS", [])
 # Every signed checkpoint is appended to this file (empty: none) and POSTed to this URL (empty:

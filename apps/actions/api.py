@@ -21,6 +21,7 @@ from apps.actions.gate import GateRefusal, Proposal, action_propose
 from apps.actions.models import Action
 from apps.actions.states import IllegalTransition
 from apps.audit.log import proof_document
+from apps.audit.models import AuditEvent
 from apps.audit.selectors import flight_record
 from apps.core.api_errors import ApiError, FieldError
 from apps.core.api_errors import ErrorOut as ErrorOut  # (re-exported: others import it here)
@@ -233,11 +234,17 @@ class ProofOut(Schema):
     description="Every audit event of the action with an RFC 9162 inclusion proof against the "
     "log's latest signed checkpoint. Check it with the stand-alone verifier "
     "(`python -m escapement_client.transparency verify-proof`) and the key of "
-    "`/api/v1/audit/key`. An agent proves its own actions; staff any.",
+    "`/api/v1/audit/key`. An agent proves its own actions, without the events its reviewers "
+    "wrote; staff any, whole.",
 )
 def proof(request: HttpRequest, action_id: UUID) -> dict[str, Any]:
     action = _visible_action(request, action_id)
-    return proof_document(list(flight_record(action_id=str(action.pk))))
+    events = list(flight_record(action_id=str(action.pk)))
+    if getattr(request, "agent_key", None) is not None:
+        # An agent proves what it and the product did; who among the staff decided, and why,
+        # stays with the staff (as in the action it reads).
+        events = [event for event in events if event.actor_type != AuditEvent.ActorType.USER]
+    return proof_document(events)
 
 
 @router.post(

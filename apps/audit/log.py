@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from escapement_client.transparency import (
     checkpoint_body,
     checkpoint_parse,
     consistency_path,
+    consistency_verify,
     inclusion_path,
     note_sign,
     note_verify,
@@ -70,6 +72,22 @@ ORDER BY e.sequence LIMIT %s
 """  # noqa: S608 (LEAF_SQL is constant text)
 
 
+@contextmanager
+def catalog_only(cursor: Any) -> Iterator[Callable[[str], str]]:
+    """Within: functions and operators resolve in pg_catalog alone, so that nothing created in
+    the trail's schema (a `convert_to` for varchar, an operator) can change what the SQL here
+    computes. Yields a function that names the trail's tables in their schema. Needs a
+    transaction (the setting lasts to its end, and is put back on leaving)."""
+    cursor.execute("SELECT pg_catalog.current_schema(), pg_catalog.current_setting('search_path')")
+    schema, path = cursor.fetchone()
+    qualified = connection.ops.quote_name(schema)
+    cursor.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+    try:
+        yield lambda sql: sql.replace("audit_audit", f"{qualified}.audit_audit")
+    finally:
+        cursor.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [path])
+
+
 class SigningKeyMissing(RuntimeError):
     """No AUDIT_SIGNING_KEY: the log cannot sign checkpoints, so the sequencer waits."""
 
@@ -83,7 +101,8 @@ class ProofRefused(ValueError):
         self.message = message
 
 
-def _signer_key() -> str:
+def signer_key() -> str:
+    """The log's signer key (AUDIT_SIGNING_KEY); SigningKeyMissing where it is not held."""
     key: str = settings.AUDIT_SIGNING_KEY
     if not key:
         raise SigningKeyMissing("AUDIT_SIGNING_KEY is not set: the audit log cannot sign")
@@ -91,8 +110,10 @@ def _signer_key() -> str:
 
 
 def verifier_key() -> str:
-    """The log's public key in the signed-note verifier form: name+key id+base64 key."""
-    return verifier_key_for(_signer_key())
+    """The log's public key in the signed-note verifier form: name+key id+base64 key. Hosts
+    that do not sign (the web) are given it (AUDIT_VERIFIER_KEY) rather than the private key."""
+    given: str = settings.AUDIT_VERIFIER_KEY
+    return given or verifier_key_for(signer_key())
 
 
 def log_origin() -> str:
@@ -108,14 +129,14 @@ def log_integrate(*, limit: int = 10_000) -> AuditCheckpoint | None:
     """Take committed events not yet in the log into it, at most `limit`, in the order they were
     written, and sign a checkpoint of the new tree. None when another sequencer is running or
     nothing was new. The checkpoint goes to the witness file once it has committed."""
-    key = _signer_key()
+    key = signer_key()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
             if not cursor.fetchone()[0]:
                 return None
             latest = latest_checkpoint()
-            if latest is not None and not _sound(latest):
+            if not _sound(latest):
                 return None
             frontier = (
                 Frontier.from_list(latest.size, [bytes.fromhex(h) for h in latest.frontier])
@@ -127,8 +148,14 @@ def log_integrate(*, limit: int = 10_000) -> AuditCheckpoint | None:
             # seen by the next statement, so the next run need not look before it.
             cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
             horizon = int(cursor.fetchone()[0])
-            cursor.execute(_UNSEQUENCED_SQL, [floor, limit])
-            rows = cursor.fetchall()
+            # A floor above every transaction id this cluster has given (a restore from a dump
+            # into another cluster) would hide every new event: look from the start once.
+            cursor.execute("SELECT pg_catalog.pg_current_xact_id()::text::bigint")
+            if floor > int(cursor.fetchone()[0]):
+                floor = 0
+            with catalog_only(cursor) as trail:
+                cursor.execute(trail(_UNSEQUENCED_SQL), [floor, limit])
+                rows = cursor.fetchall()
         if not rows:
             return None
         leaves: list[tuple[int, int, bytes]] = []
@@ -160,29 +187,83 @@ def log_integrate(*, limit: int = 10_000) -> AuditCheckpoint | None:
     return checkpoint
 
 
-def _sound(latest: AuditCheckpoint) -> bool:
-    """Whether the sequencer may go on from `latest`: its note is signed by the log's key for
-    its own size and root, and no leaf lies beyond it. Anything else was written by another
-    hand than the sequencer's; building on it would sign a tree no one can verify, so the
-    sequencer stops and says so until someone looks."""
-    problem = ""
-    try:
-        signed = checkpoint_parse(note_verify(latest.note, verifier_key()))
-    except TransparencyError as exc:
-        problem = f"its note does not verify ({exc})"
-    else:
-        if (signed.size, signed.root_hash) != (latest.size, bytes(latest.root_hash)):
-            problem = "its row does not match its signed note"
-    if not problem and AuditLeaf.objects.filter(index__gte=latest.size).exists():
-        problem = "leaves were written beyond it"
+def _sound(latest: AuditCheckpoint | None) -> bool:
+    """Whether the sequencer may go on from `latest`: its note is signed by the log's key (or
+    one it had before) for this log, its size and its root; the kept frontier gives that root;
+    no leaf lies beyond it; and the witness file's newest checkpoint is this one or one it
+    extends. Anything else was written by another hand than the sequencer's: building on it
+    would sign a tree no one can verify, so the sequencer stops and says so until someone
+    looks."""
+    problem = _unsound(latest) if latest is not None else _witness_problem(None)
     if problem:
         logger.error(
             "audit log: the sequencer stops at the checkpoint of size %s: %s; "
             "run manage.py audit_verify",
-            latest.size,
+            latest.size if latest is not None else 0,
             problem,
         )
     return not problem
+
+
+def _unsound(latest: AuditCheckpoint) -> str:
+    root = bytes(latest.root_hash)
+    try:
+        signed = checkpoint_parse(note_open(latest.note))
+    except TransparencyError as exc:
+        return f"its note does not verify ({exc})"
+    if (signed.origin, signed.size, signed.root_hash) != (log_origin(), latest.size, root):
+        return "its row does not match its signed note"
+    try:
+        kept = Frontier.from_list(latest.size, [bytes.fromhex(h) for h in latest.frontier])
+    except (TransparencyError, ValueError, TypeError):
+        return "its frontier is malformed"
+    if kept.root() != root:
+        return "its frontier does not give its root"
+    if AuditLeaf.objects.filter(index__gte=latest.size).exists():
+        return "leaves were written beyond it"
+    return _witness_problem(latest)
+
+
+def _witness_problem(latest: AuditCheckpoint | None) -> str:
+    """Why the database's newest checkpoint is not the witness file's newest or one extending
+    it ("" when it is, or when there is no witness file)."""
+    try:
+        notes = witness_notes(tail=True)
+    except (OSError, TransparencyError) as exc:
+        return f"the witness file cannot be read ({exc})"
+    if not notes:
+        return ""
+    try:
+        witnessed = checkpoint_parse(note_open(notes[-1]))
+    except TransparencyError as exc:
+        return f"the witness file's newest checkpoint does not verify ({exc})"
+    if latest is None or witnessed.size > latest.size:
+        return f"the witness file holds a checkpoint at size {witnessed.size}, beyond it"
+    if witnessed.size == latest.size:
+        return "" if witnessed.root_hash == bytes(latest.root_hash) else "it forks the witness's"
+    proof = consistency_proof(first=witnessed.size, second=latest.size)
+    if not consistency_verify(
+        first=witnessed.size,
+        second=latest.size,
+        first_root=witnessed.root_hash,
+        second_root=bytes(latest.root_hash),
+        path=proof,
+    ):
+        return f"it does not extend the witness file's checkpoint at size {witnessed.size}"
+    return ""
+
+
+def note_open(note: str) -> str:
+    """A note's text when the log's key, or one it had before, signed it; the current key's
+    refusal otherwise."""
+    keys = [verifier_key(), *settings.AUDIT_PAST_VERIFIER_KEYS]
+    refusals = []
+    for key in keys:
+        try:
+            return note_verify(note, key)
+        except TransparencyError as exc:
+            refusals.append(exc)
+    raise refusals[0]
 
 
 def log_integrate_all() -> int:
@@ -228,19 +309,43 @@ def witness_append(path: Path, note: str) -> None:
 
 def witness_read(path: Path) -> list[str]:
     """The notes of a witness file (or of a file holding a single note), in order."""
-    text = path.read_text(encoding="utf-8")
+    return _notes_in(path.read_text(encoding="utf-8"), str(path))
+
+
+def _notes_in(text: str, where: str) -> list[str]:
     chunks = [chunk for chunk in text.split("\n\n") if chunk.strip()]
     if len(chunks) % 2:
-        raise TransparencyError(f"{path}: not a sequence of signed notes (a note is cut short)")
+        raise TransparencyError(f"{where}: not a sequence of signed notes (a note is cut short)")
     return [f"{chunks[i]}\n\n{chunks[i + 1].rstrip(chr(10))}\n" for i in range(0, len(chunks), 2)]
 
 
-def witness_notes() -> list[str]:
-    """The checkpoints in this installation's witness file (none when it has none yet)."""
+def witness_notes(*, tail: bool = False) -> list[str]:
+    """The checkpoints in this installation's witness file (none when it has none yet); with
+    `tail`, only those in its last few kilobytes (the newest one among them)."""
     path: str = settings.AUDIT_WITNESS_FILE
     if not path or not Path(path).is_file():
         return []
-    return witness_read(Path(path))
+    if not tail:
+        return witness_read(Path(path))
+    with Path(path).open("rb") as witness:
+        witness.seek(0, 2)
+        witness.seek(max(0, witness.tell() - _TAIL_BYTES))
+        text = witness.read().decode("utf-8", errors="replace")
+    # (the tail may begin inside a note: start at the first body followed by its signatures)
+    chunks = text.split("\n\n")
+    first = next(
+        (
+            i
+            for i in range(len(chunks) - 1)
+            if not chunks[i].startswith(SIGNATURE_DASH) and chunks[i + 1].startswith(SIGNATURE_DASH)
+        ),
+        len(chunks),
+    )
+    return _notes_in("\n\n".join(chunks[first:]), str(path))
+
+
+SIGNATURE_DASH = "\u2014 "
+_TAIL_BYTES = 8192
 
 
 # --- Proofs ---------------------------------------------------------------------------------
@@ -305,9 +410,9 @@ class EventProof:
 
 def entries_of(event_ids: list[int]) -> dict[int, bytes]:
     """The entry encodings of events, as their leaves hash them."""
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor, catalog_only(cursor) as trail:
         cursor.execute(
-            f"SELECT e.id, {ENTRY_SQL} FROM audit_auditevent e WHERE e.id = ANY(%s)",  # noqa: S608
+            trail(f"SELECT e.id, {ENTRY_SQL} FROM audit_auditevent e WHERE e.id = ANY(%s)"),  # noqa: S608
             [event_ids],
         )
         return {event_id: bytes(entry) for event_id, entry in cursor.fetchall()}

@@ -9,8 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from escapement_client.transparency import (
     Frontier,
@@ -19,7 +18,7 @@ from escapement_client.transparency import (
     note_verify,
 )
 
-from apps.audit.log import LEAF_SQL, log_origin, verifier_key
+from apps.audit.log import LEAF_SQL, catalog_only, log_origin, note_open
 from apps.audit.models import AuditCheckpoint, AuditEvent
 from apps.audit.services import payload_digest
 
@@ -91,31 +90,54 @@ def audit_verify(
     verified with `key` (when None: the log's verifier key, or one of the keys it had before).
     Stops at the first problem, naming the entry when it can and the checkpoint's size when only
     the root tells."""
-    keys = [key] if key else [verifier_key(), *settings.AUDIT_PAST_VERIFIER_KEYS]
     marks: list[_Mark] = []
     try:
         for checkpoint in AuditCheckpoint.objects.order_by("size"):
             marks.append(
                 _mark(
                     checkpoint.note,
-                    keys,
+                    key or None,
                     f"the checkpoint signed at size {checkpoint.size}",
                     stored=(checkpoint.size, bytes(checkpoint.root_hash)),
                 )
             )
         for note in kept:
-            marks.append(_mark(note, keys, "the kept checkpoint at size {size}"))
+            marks.append(_mark(note, key or None, "the kept checkpoint at size {size}"))
         checked = _entries_verify(sorted(marks, key=lambda m: m.size), batch, progress)
+        _left_out(checked)
     except _Broken as broken:
         return broken.report
     return LogReport(True, checked, len(marks), pending=pending_count())
 
 
+# An event the sequencer has not taken in this long after it was written was kept out of the
+# log (the sequencer takes committed events within seconds).
+LEFT_OUT_AFTER = "10 minutes"
+
+
+def _left_out(checked: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), min(e.sequence) FROM audit_auditevent e"
+            " WHERE e.created_at < now() - %s::interval"
+            " AND NOT EXISTS (SELECT 1 FROM audit_auditleaf l WHERE l.event_id = e.id)",
+            [LEFT_OUT_AFTER],
+        )
+        count, first = cursor.fetchone()
+    if count:
+        _fail(
+            checked,
+            f"{count} event{'s were' if count != 1 else ' was'} written over {LEFT_OUT_AFTER} ago"
+            f" and never taken into the log (the first #{first})",
+            sequence=first,
+        )
+
+
 def _mark(
-    note: str, keys: list[str], source: str, stored: tuple[int, bytes] | None = None
+    note: str, key: str | None, source: str, stored: tuple[int, bytes] | None = None
 ) -> _Mark:
     try:
-        checkpoint = checkpoint_parse(_note_open(note, keys))
+        checkpoint = checkpoint_parse(note_open(note) if key is None else note_verify(note, key))
     except TransparencyError as exc:
         size = stored[0] if stored else None
         where = source.format(size="?")
@@ -142,17 +164,6 @@ def _mark(
             )
         )
     return _Mark(checkpoint.size, checkpoint.root_hash, source)
-
-
-def _note_open(note: str, keys: list[str]) -> str:
-    """The note's text when one of the keys signed it; the first key's refusal otherwise."""
-    refusals = []
-    for key in keys:
-        try:
-            return note_verify(note, key)
-        except TransparencyError as exc:
-            refusals.append(exc)
-    raise refusals[0]
 
 
 def _entries_verify(marks: list[_Mark], batch: int, progress: Callable[[int], None] | None) -> int:
@@ -214,8 +225,8 @@ def _batches(batch: int) -> Iterator[list[tuple[Any, ...]]]:
 
 
 def _batch_rows(start: int, batch: int) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cursor:
-        cursor.execute(_BATCH_SQL, [start, start + batch])
+    with transaction.atomic(), connection.cursor() as cursor, catalog_only(cursor) as trail:
+        cursor.execute(trail(_BATCH_SQL), [start, start + batch])
         rows: list[tuple[Any, ...]] = cursor.fetchall()
         return rows
 

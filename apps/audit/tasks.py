@@ -14,10 +14,11 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
+from escapement_client.transparency import TransparencyError
 
 from apps.audit.log import log_integrate_all, witness_notes
 from apps.audit.models import AuditCheckpoint
-from apps.audit.selectors import audit_verify
+from apps.audit.selectors import LogReport, audit_verify
 from apps.audit.services import audit_record
 from apps.core.workers import task_send
 
@@ -91,7 +92,12 @@ def verify(username: str) -> None:
 
     try:
         progress(0)
-        report = audit_verify(kept=witness_notes(), progress=progress)
+        try:
+            kept = witness_notes()
+        except (OSError, TransparencyError) as exc:
+            report = LogReport(False, 0, 0, problem=f"the witness file cannot be read: {exc}")
+        else:
+            report = audit_verify(kept=kept, progress=progress)
         seconds = round(time.monotonic() - began, 3)
         checkpoint = AuditCheckpoint.objects.order_by("-size").first()
         # The verdict is recorded against the newest checkpoint; an empty log has nothing to hold.

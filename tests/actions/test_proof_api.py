@@ -8,11 +8,14 @@ import copy
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from escapement_client.transparency import TransparencyError, proof_verify
 
 from apps.accounts.roles import Role
+from apps.actions.models import Action
 from apps.audit.log import log_integrate, verifier_key
+from apps.audit.services import audit_record
 from apps.books.models import BookVersion
 from apps.registry.models import Agent
 from apps.registry.services import IssuedKey, agent_key_create
@@ -28,6 +31,11 @@ def proposed(client: Client, key: IssuedKey, book: BookVersion, enqueued: list[s
     assert answer.status_code == 201, answer.content
     action_id: str = answer.json()["id"]
     return action_id
+
+
+def flip_hex(value: str) -> str:
+    """The same hash with its first byte changed."""
+    return f"{int(value[:2], 16) ^ 1:02x}" + value[2:]
 
 
 def flip_last_byte(encoded: str) -> str:
@@ -68,8 +76,8 @@ def test_proof__the_proposer__every_event_proven_by_the_stand_alone_verifier(
 @pytest.mark.parametrize(
     ("where", "change"),
     [
-        ("leaf_hash", lambda e: e.update(leaf_hash="00" + e["leaf_hash"][2:])),
-        ("audit_path", lambda e: e["audit_path"].__setitem__(0, "ff" + e["audit_path"][0][2:])),
+        ("leaf_hash", lambda e: e.update(leaf_hash=flip_hex(e["leaf_hash"]))),
+        ("audit_path", lambda e: e["audit_path"].__setitem__(0, flip_hex(e["audit_path"][0]))),
         ("entry", lambda e: e.update(entry=flip_last_byte(e["entry"]))),
         ("payload_canonical", lambda e: e.update(payload_canonical='{"amount":"1"}')),
         ("event", lambda e: e["event"].update(actor="mallory")),
@@ -114,3 +122,22 @@ def test_proof__staff_yes__no_role_no__nobody_401(
     assert proof_of(client_for(None), proposed).status_code == 403
     assert proof_of(client, proposed).status_code == 401
     assert proof_of(client_for(Role.RISK), "not-a-uuid").status_code == 422
+
+
+def test_proof__events_written_by_staff__proven_to_staff_only(
+    client: Client, client_for: Any, key: IssuedKey, proposed: str, user_for: Any
+) -> None:
+    # Given a person's event on the action (a supervisor's note, say), taken into the log
+    with transaction.atomic():
+        audit_record(
+            actor=user_for(Role.SUPERVISOR),
+            verb="action.noted",
+            target=Action.objects.get(pk=proposed),
+            data={"note": "called the customer"},
+        )
+    log_integrate()
+    # Then the agent's proof leaves it out, staff's holds it, and both verify
+    mine = proof_of(client, proposed, Authorization=f"Bearer {key.key}").json()
+    staff = proof_of(client_for(Role.RISK), proposed).json()
+    assert "action.noted" not in [entry["verb"] for entry in proof_verify(mine, verifier_key())]
+    assert "action.noted" in [entry["verb"] for entry in proof_verify(staff, verifier_key())]

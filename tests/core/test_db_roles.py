@@ -181,6 +181,11 @@ def test_grant__app_role__reads_and_appends_to_every_trail_table(app_role: AppRo
         "TRUNCATE audit_auditevent",
         "ALTER TABLE audit_auditevent DISABLE TRIGGER ALL",
         "DROP TABLE audit_auditevent",
+        # Setting the trail's numbering back would jam it; a function made in the schema
+        # could change what the trail's checks compute.
+        "SELECT setval('audit_event_sequence', 1)",
+        "CREATE FUNCTION convert_to(character varying, name) RETURNS bytea"
+        " LANGUAGE sql AS $$ SELECT '\\x00'::bytea $$",
     ],
 )
 def test_grant__app_role_tampers_with_the_trail__refused(app_role: AppRole, statement: str) -> None:

@@ -249,7 +249,16 @@ def _grant_all(role: str, schema: Schema) -> str:
             sql.SQL("GRANT SELECT, INSERT ON TABLE {} TO {}").format(
                 _tables(schema.name, schema.trail), grantee
             ),
-            sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+            # Numbers drawn (nextval), never set (setval would jam the trail's numbering).
+            sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(
+                sql.Identifier(schema.name), grantee
+            ),
+            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema.name), grantee
+            ),
+            # No one but the owner creates in the schema: a function or operator made there
+            # could change what the trail's checks compute.
+            sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC, {}").format(
                 sql.Identifier(schema.name), grantee
             ),
             # The application calls PL/pgSQL functions that the migrations create.
@@ -286,7 +295,7 @@ def _grant_all(role: str, schema: Schema) -> str:
             f"trail, {len(schema.trail)} tables ({', '.join(schema.trail)}): SELECT, INSERT; "
             "all else revoked, also from PUBLIC",
             f"other tables, {len(others)}: SELECT, INSERT, UPDATE, DELETE",
-            f"sequences, {sequences}: USAGE, SELECT, UPDATE",
+            f"sequences, {sequences}: USAGE, SELECT",
             f"functions, {functions}: EXECUTE",
         ]
     )
@@ -320,6 +329,20 @@ def _problems(schema: Schema) -> list[str]:
             problems.append(
                 f"{schema.user} {whose} {len(tables)} tables of schema {schema.name} "
                 f"({_sample(tables)})"
+            )
+        cursor.execute(
+            "SELECT has_schema_privilege(current_schema(), 'CREATE'), "
+            "(SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema()"
+            " AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'UPDATE') END)"
+        )
+        create, settable = cursor.fetchone()
+        if create:
+            problems.append(f"{schema.user} may create in schema {schema.name} (CREATE)")
+        if settable:
+            problems.append(
+                f"{schema.user} may set {len(settable)} sequences (UPDATE: {_sample(settable)})"
             )
         cursor.execute(
             "SELECT c.relname::text, "

@@ -141,3 +141,13 @@ def test_proof__events_written_by_staff__proven_to_staff_only(
     staff = proof_of(client_for(Role.RISK), proposed).json()
     assert "action.noted" not in [entry["verb"] for entry in proof_verify(mine, verifier_key())]
     assert "action.noted" in [entry["verb"] for entry in proof_verify(staff, verifier_key())]
+
+
+def test_proof__checked_for_another_logs_origin__refused(
+    client: Client, key: IssuedKey, proposed: str
+) -> None:
+    log_integrate()
+    body = proof_of(client, proposed, Authorization=f"Bearer {key.key}").json()
+    assert proof_verify(body, verifier_key(), origin="escapement.local/audit")
+    with pytest.raises(TransparencyError, match=r"of the log 'escapement\.local/audit'"):
+        proof_verify(body, verifier_key(), origin="staging.example/audit")

@@ -684,10 +684,14 @@ def _event_verify(number: int, event: object, checkpoint: Checkpoint) -> Entry:
     return fields
 
 
-def proof_verify(proof: Mapping[str, Any], verifier_key: str) -> list[Entry]:
+def proof_verify(
+    proof: Mapping[str, Any], verifier_key: str, *, origin: str | None = None
+) -> list[Entry]:
     """Check a proof as `GET /api/v1/actions/{id}/proof` answers it: the checkpoint's signature
-    by the log's key, then each event's entry, leaf hash and inclusion in that checkpoint's tree,
-    and its payload when given. The decoded entries, in the document's order."""
+    by the log's key (and, given `origin`, that it is that log's checkpoint, not another log's
+    signed with the same key), then each event's entry, leaf hash and inclusion in that
+    checkpoint's tree, and its payload when given. The decoded entries, in the document's
+    order."""
     if not isinstance(proof, Mapping):
         raise TransparencyError("proof: not an object")
     _verifier_parse(verifier_key)
@@ -698,6 +702,10 @@ def proof_verify(proof: Mapping[str, Any], verifier_key: str) -> list[Entry]:
         checkpoint = checkpoint_parse(note_verify(note, verifier_key))
     except TransparencyError as exc:
         raise TransparencyError(f"proof checkpoint: {exc}") from None
+    if origin is not None and checkpoint.origin != origin:
+        raise TransparencyError(
+            f"proof checkpoint: of the log {checkpoint.origin!r}, not {origin!r}"
+        )
     events = proof.get("events")
     if not isinstance(events, list):
         raise TransparencyError("proof events: not a list")
@@ -728,9 +736,9 @@ def _moment(created_at_us: int) -> str:
         return f"{created_at_us} us after the epoch"
 
 
-def _verify_proof_command(proof_file: Path, key: str) -> list[str]:
+def _verify_proof_command(proof_file: Path, key: str, origin: str | None) -> list[str]:
     proof = json.loads(proof_file.read_text(encoding="utf-8"))
-    entries = proof_verify(proof, key)
+    entries = proof_verify(proof, key, origin=origin)
     checkpoint = checkpoint_parse(note_verify(proof["checkpoint"], key))
     lines = []
     for event, entry in zip(proof["events"], entries, strict=True):
@@ -784,6 +792,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify-proof", help="check a document from GET /api/v1/actions/{id}/proof"
     )
     proof.add_argument("proof", type=Path, help="the proof document (JSON)")
+    proof.add_argument(
+        "--origin", default=None, help="the log's origin line (e.g. escapement.example.com/audit)"
+    )
     consistency = commands.add_parser(
         "consistency", help="check that a later checkpoint extends an earlier one"
     )
@@ -800,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         key = _key_argument(args.key)
         if args.command == "verify-proof":
-            lines = _verify_proof_command(args.proof, key)
+            lines = _verify_proof_command(args.proof, key, args.origin)
         else:
             lines = _verify_consistency_command(args.first, args.second, args.proof, key)
     except (ValueError, OSError) as exc:

@@ -27,6 +27,7 @@ from apps.core.api_errors import ApiError, FieldError
 from apps.core.api_errors import ErrorOut as ErrorOut  # (re-exported: others import it here)
 from apps.registry.models import AgentKey
 from apps.registry.services import KeyRejected, agent_key_authenticate
+from apps.registry.snapshot import registry_view
 
 router = Router(tags=["actions"])
 
@@ -37,11 +38,14 @@ class AgentKeyAuth(HttpBearer):
     """`Authorization: Bearer esk_...`: the agent's API key."""
 
     def authenticate(self, request: HttpRequest, token: str) -> AgentKey:
+        # The request's view of the registry: the gate reads through the same one.
+        registry = registry_view()
         try:
-            key = agent_key_authenticate(token)
+            key = agent_key_authenticate(token, registry=registry)
         except KeyRejected as exc:
             raise ApiError(401, f"Invalid agent key: {exc.reason}.") from None
         request.agent_key = key  # type: ignore[attr-defined]
+        request.registry = registry  # type: ignore[attr-defined]
         return key
 
 
@@ -165,7 +169,9 @@ def propose(request: HttpRequest, payload: ProposalIn) -> Status[ActionOut]:
         segment=payload.segment,
     )
     try:
-        outcome = action_propose(key=key, proposal=proposal)
+        outcome = action_propose(
+            key=key, proposal=proposal, registry=getattr(request, "registry", None)
+        )
     except GateRefusal as refusal:
         errors = [FieldError(refusal.field, refusal.message)] if refusal.field else []
         raise ApiError(refusal.status, refusal.detail, errors) from None

@@ -27,13 +27,13 @@ from apps.actions.dispatch import action_dispatch
 from apps.actions.metrics import GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS
 from apps.actions.models import Action, Decision, Status
 from apps.actions.params import ParamsInvalid, params_check
-from apps.actions.snapshot import RegistryView, registry_view
 from apps.actions.states import transition_insert
 from apps.audit.services import audit_batch
 from apps.killswitches.coverage import covering
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
+from apps.registry.snapshot import RegistryView, registry_view
 from apps.reviews.items import review_open
 from apps.runtime.budgets import UsageRefused, usage_record
 
@@ -160,11 +160,14 @@ def checked_params(tool: Tool, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @gate_timed
-def action_propose(*, key: AgentKey, proposal: Proposal) -> GateResult:
+def action_propose(
+    *, key: AgentKey, proposal: Proposal, registry: RegistryView | None = None
+) -> GateResult:
     """Decide one proposal and record it. The same idempotency key from the same agent returns
-    the first action (created=False), however many duplicates arrive at once."""
+    the first action (created=False), however many duplicates arrive at once. `registry`: the
+    request's view of the registry, when its key was read through one."""
     agent = key.agent
-    registry = registry_view()
+    registry = registry or registry_view()
     served, tool = _scoped_tool(registry, key, agent, proposal)
     params = checked_params(tool, proposal.params)
     earlier = _existing(agent, proposal, params)

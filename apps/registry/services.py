@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,6 +12,7 @@ from django.utils import timezone
 from apps.audit.services import audit_record
 from apps.registry.keys import digest_matches, new_key, split_key
 from apps.registry.models import Agent, AgentKey, Workflow
+from apps.registry.snapshot import RegistryView
 
 
 class KeyRejected(Exception):
@@ -79,13 +81,19 @@ def agent_key_revoke(
     return record
 
 
-def agent_key_authenticate(key: str) -> AgentKey:
+def agent_key_authenticate(key: str, *, registry: RegistryView | None = None) -> AgentKey:
     """The key's record if the key is valid, unexpired and unrevoked; else KeyRejected saying
-    which. Records the time of use (at most once a minute per key, to spare the database)."""
+    which. Records the time of use (at most once a minute per key, to spare the database).
+    Read through `registry` (the request's view of the registry) when given."""
     prefix = split_key(key)
     if prefix is None:
         raise KeyRejected("malformed key: expected esk_<prefix>_<secret>")
-    record = AgentKey.objects.select_related("agent").filter(prefix=prefix).first()
+    kept = registry.key(prefix) if registry is not None else None
+    if registry is not None:
+        # (a copy: the kept record is shared by the requests of this process)
+        record = copy.copy(kept)
+    else:
+        record = AgentKey.objects.select_related("agent").filter(prefix=prefix).first()
     if record is None or not digest_matches(key, record.digest):
         raise KeyRejected("unknown key")
     now = timezone.now()
@@ -96,6 +104,8 @@ def agent_key_authenticate(key: str) -> AgentKey:
     if record.last_used_at is None or now - record.last_used_at > timedelta(minutes=1):
         AgentKey.objects.filter(pk=record.pk).update(last_used_at=now)
         record.last_used_at = now
+        if kept is not None:
+            kept.last_used_at = now
     return record
 
 

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.books.models import BookVersion
 from apps.registry.models import Agent, Tool, Workflow
-from apps.registry.services import IssuedKey
+from apps.registry.services import IssuedKey, agent_key_revoke
 from tests.actions.conftest import proposal_body, propose, refund_params
 from tests.factories import REFUND_CONTROLS, make_published_book
 
@@ -104,3 +104,32 @@ def test_generation_unknown__nothing_kept_answers_still_right(
         )
         cursor.execute("SET session_replication_role = origin")
     assert allowed(client, key, params=refund_params(order_id="1043")).status_code == 403
+
+
+def test_key_revoked__the_next_request_refused(
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+) -> None:
+    assert allowed(client, key).status_code == 201
+    agent_key_revoke(key_id=key.record.pk, actor="system:test")
+    answer = allowed(client, key, params=refund_params(order_id="1043"))
+    assert answer.status_code == 401
+    assert "revoked" in answer.json()["detail"]
+
+
+def test_agent_paused__the_next_proposal_refused(
+    client: Client, key: IssuedKey, book: BookVersion, agent: Agent, enqueued: list[str]
+) -> None:
+    assert allowed(client, key).status_code == 201
+    Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.PAUSED)
+    assert allowed(client, key, params=refund_params(order_id="1043")).status_code == 403
+
+
+def test_key_in_use__its_last_use_stamped_once_not_on_every_request(
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+) -> None:
+    allowed(client, key)
+    with CaptureQueriesContext(connection) as queries:
+        for number in range(3):
+            allowed(client, key, params=refund_params(order_id=f"2{number}"))
+    stamps = [q for q in queries.captured_queries if "last_used_at" in q["sql"].split("WHERE")[0]]
+    assert [q for q in stamps if q["sql"].startswith("UPDATE")] == []

@@ -1,5 +1,5 @@
 """The registry's generation: a value that moves on every change to what the gate reads of the
-registry (apps/actions/snapshot.py), moved by statement triggers on those tables."""
+registry (apps/registry/snapshot.py), moved by statement triggers on those tables."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """What the gate reads of the registry on every proposal, kept in each process between requests:
-an agent's workflows and tools, a key's scope, each workflow's active Decision Book version.
+agent keys and their agents, an agent's workflows and tools, a key's scope, each workflow's
+active Decision Book version.
 
-Any change to those tables moves the registry's generation (triggers, registry migration 0004).
+Any change to those tables moves the registry's generation (triggers, registry migrations 0004
+and 0005).
 Each proposal reads the generation once, first; a snapshot of another generation is dropped and
 what the proposal needs is read again. What a proposal sees is therefore never older than the
 start of its request, as when it read every row itself. Kill switches and circuits are not kept:
@@ -25,6 +27,7 @@ class _Snapshot:
     tools: dict[tuple[int, str], Tool | None] = field(default_factory=dict)  # (agent, slug)
     scopes: dict[int, frozenset[str]] = field(default_factory=dict)  # key -> its own scope
     versions: dict[str, tuple[BookVersion | None, Workflow | None]] = field(default_factory=dict)
+    keys: dict[str, AgentKey | None] = field(default_factory=dict)  # prefix -> key, its agent
 
 
 _current: _Snapshot | None = None
@@ -52,6 +55,14 @@ class RegistryView:
 
     def __init__(self, snapshot: _Snapshot, *, keep: bool) -> None:
         self._snapshot = snapshot if keep else _Snapshot(generation=snapshot.generation)
+
+    def key(self, prefix: str) -> AgentKey | None:
+        """The key of that prefix with its agent, as last read (its use is stamped apart)."""
+        if prefix not in self._snapshot.keys:
+            self._snapshot.keys[prefix] = (
+                AgentKey.objects.select_related("agent").filter(prefix=prefix).first()
+            )
+        return self._snapshot.keys[prefix]
 
     def served(self, agent: Agent) -> tuple[str, ...]:
         """The slugs of the workflows the agent serves, sorted."""

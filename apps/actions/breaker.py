@@ -6,15 +6,12 @@ probes, and its outcome closes or re-opens the circuit."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
-
 from apps.actions.models import ToolCircuit
 from apps.core.breaker import (
     breaker_allows,
     breaker_failure,
     breaker_last_error,
     breaker_refusing,
-    breaker_refusing_rows,
     breaker_success,
 )
 from apps.registry.models import Tool
@@ -31,13 +28,6 @@ def circuit_refusing(tool: Tool) -> ToolCircuit | None:
     """The tool's circuit while it is open and cooling down, else None (the gate holds new
     work back meanwhile)."""
     return breaker_refusing(
-        model=ToolCircuit, key={"tool": tool}, cooldown_seconds=tool.breaker_cooldown_seconds
-    )
-
-
-def circuit_refusing_rows(tool: Tool) -> QuerySet[ToolCircuit]:
-    """`circuit_refusing` as a query, to be read together with others in one statement."""
-    return breaker_refusing_rows(
         model=ToolCircuit, key={"tool": tool}, cooldown_seconds=tool.breaker_cooldown_seconds
     )
 

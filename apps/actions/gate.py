@@ -15,13 +15,10 @@ from decimal import Decimal
 from functools import wraps
 from typing import Any
 
-from django.contrib.postgres.expressions import ArraySubquery
 from django.db import IntegrityError, transaction
-from django.db.models import Subquery
-from django.db.models.functions import JSONObject
 from django.utils import timezone
 
-from apps.actions.breaker import circuit_refusing_rows
+from apps.actions.breaker import circuit_refusing
 from apps.actions.decision import action_rule
 from apps.actions.dispatch import action_dispatch
 from apps.actions.metrics import GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS
@@ -32,7 +29,7 @@ from apps.audit.services import audit_batch
 from apps.killswitches.coverage import covering
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch
-from apps.registry.models import Agent, AgentKey, Tool, Workflow
+from apps.registry.models import Agent, AgentKey, Tool
 from apps.registry.snapshot import RegistryView, registry_view
 from apps.reviews.items import review_open
 from apps.runtime.budgets import UsageRefused, usage_record
@@ -212,7 +209,11 @@ def _record(
     if workflow is None:
         # (the key's scope named it: it was deleted since)
         raise GateRefusal(403, f"This key may not act in workflow {proposal.workflow!r}.")
-    switches, circuit_error = _stops(workflow, agent, tool)
+    switches = list(
+        KillSwitch.objects.filter(
+            covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)
+        )
+    )
     action = Action(
         agent=agent,
         key=key,
@@ -234,8 +235,8 @@ def _record(
     if switches:
         action.reasons = [
             {
-                "policy": f"kill-switch:{switch['scope']}",
-                "message": f"Stopped by on-call: {switch['reason']}",
+                "policy": f"kill-switch:{switch.scope}",
+                "message": f"Stopped by on-call: {switch.reason}",
             }
             for switch in switches
         ]
@@ -261,13 +262,14 @@ def _record(
         return _enter(action, agent, Status.DENIED)
     assert version is not None  # (only a version allows or holds)
     if ruling.decision == Decision.ALLOW:
-        if circuit_error is not None:
+        circuit = circuit_refusing(tool)
+        if circuit is not None:
             # The downstream is known broken: a person decides, and nothing is lost.
             action.decision = Decision.HOLD
             action.reasons = [
                 {
                     "policy": "circuit-open",
-                    "message": f"{tool.slug} is failing: {circuit_error}",
+                    "message": f"{tool.slug} is failing: {circuit.last_error}",
                 }
             ]
             action.escalated_to_id = action.escalation_owner_id
@@ -280,22 +282,6 @@ def _record(
         return action
     _enter(action, agent, Status.PENDING_REVIEW)
     return _review(action, "hold")
-
-
-def _stops(workflow: Workflow, agent: Agent, tool: Tool) -> tuple[list[dict[str, str]], str | None]:
-    """The engaged kill switches covering the proposal, and the tool's circuit error while it
-    is open: read fresh, in the gate's transaction, in one statement."""
-    switches = KillSwitch.objects.filter(
-        covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)
-    ).values(pair=JSONObject(scope="scope", reason="reason"))
-    refusing = circuit_refusing_rows(tool).values("last_error")[:1]
-    found = (
-        Tool.objects.filter(pk=tool.pk)
-        .annotate(switches=ArraySubquery(switches), circuit_error=Subquery(refusing))
-        .values_list("switches", "circuit_error")
-        .first()
-    )
-    return (found[0], found[1]) if found is not None else ([], None)
 
 
 def _review(action: Action, kind: str, *, error: str = "") -> Action:

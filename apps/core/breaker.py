@@ -62,16 +62,9 @@ def breaker_refusing[C: Circuit](
     claimed): for holding new work back before it is queued. Once the cool-down has passed work
     is let through again, so that one call can probe: holding it all back would keep the
     circuit open for ever."""
-    return breaker_refusing_rows(model=model, key=key, cooldown_seconds=cooldown_seconds).first()
-
-
-def breaker_refusing_rows[C: Circuit](
-    *, model: type[C], key: Mapping[str, Any], cooldown_seconds: float
-) -> QuerySet[C]:
-    """`breaker_refusing` as a query, to be read together with others in one statement."""
     cooling_since = timezone.now() - timedelta(seconds=cooldown_seconds)
     cooling = Q(opened_at__isnull=True) | Q(opened_at__gt=cooling_since)
-    return _rows(model, key).filter(cooling, state=CircuitState.OPEN)
+    return _rows(model, key).filter(cooling, state=CircuitState.OPEN).first()
 
 
 def breaker_success[C: Circuit](*, model: type[C], key: Mapping[str, Any]) -> None:

@@ -6,6 +6,10 @@ probes, and its outcome closes or re-opens the circuit."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
 from apps.actions.models import ToolCircuit
 from apps.core.breaker import (
     breaker_allows,
@@ -30,6 +34,20 @@ def circuit_refusing(tool: Tool) -> ToolCircuit | None:
     return breaker_refusing(
         model=ToolCircuit, key={"tool": tool}, cooldown_seconds=tool.breaker_cooldown_seconds
     )
+
+
+# `circuit_refusing` written out, for a statement composed by hand (the gate's allow path): a
+# row when the circuit of the tool (the first parameter) is open and cooling down since the
+# moment given as the second (`circuit_cooling_since`).
+CIRCUIT_REFUSING_SQL = (
+    "SELECT 1 FROM actions_toolcircuit c WHERE c.tool_id = %s AND c.state = 'open'"
+    " AND (c.opened_at IS NULL OR c.opened_at > %s)"
+)
+
+
+def circuit_cooling_since(tool: Tool) -> datetime:
+    """An open circuit opened after this moment still refuses."""
+    return timezone.now() - timedelta(seconds=tool.breaker_cooldown_seconds)
 
 
 def circuit_success(tool: Tool) -> None:

@@ -18,18 +18,20 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.actions.allow_path import action_insert_unless_stopped
 from apps.actions.breaker import circuit_refusing
-from apps.actions.decision import action_rule
+from apps.actions.decision import Ruling, action_rule
 from apps.actions.dispatch import action_dispatch
 from apps.actions.metrics import GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS
 from apps.actions.models import Action, Decision, Status
 from apps.actions.params import ParamsInvalid, params_check
 from apps.actions.states import transition_insert
 from apps.audit.services import audit_batch
+from apps.books.models import BookVersion
 from apps.killswitches.coverage import covering
 from apps.killswitches.firewall import firewall_decided, firewall_proposal, firewall_scope_violation
 from apps.killswitches.models import KillSwitch
-from apps.registry.models import Agent, AgentKey, Tool
+from apps.registry.models import Agent, AgentKey, Tool, Workflow
 from apps.registry.snapshot import RegistryView, registry_view
 from apps.reviews.items import review_open
 from apps.runtime.budgets import UsageRefused, usage_record
@@ -175,17 +177,21 @@ def action_propose(
 
     firewall_proposal(agent)
     try:
-        with transaction.atomic(), audit_batch():
-            action = _record(registry, key, agent, served, tool, proposal, params)
-            if proposal.usage:
-                # The model usage behind the proposal counts against the same budgets as a
-                # hosted agent's calls, in the same transaction as the action it produced.
-                try:
-                    usage_record(action=action, usage=proposal.usage)
-                except UsageRefused as refused:
-                    raise GateRefusal(
-                        refused.status, refused.message, refused.field, refused.message
-                    ) from None
+        asked = _Asked(registry, key, agent, served, tool, proposal, params)
+        action, ruling = _allow_path(asked)
+        if action is None:
+            with transaction.atomic(), audit_batch():
+                action = _record(asked, ruling)
+                if proposal.usage:
+                    # The model usage behind the proposal counts against the same budgets as
+                    # a hosted agent's calls, in the same transaction as the action it
+                    # produced.
+                    try:
+                        usage_record(action=action, usage=proposal.usage)
+                    except UsageRefused as refused:
+                        raise GateRefusal(
+                            refused.status, refused.message, refused.field, refused.message
+                        ) from None
     except IntegrityError:
         # A concurrent duplicate committed first: answer with its action.
         earlier = _existing(agent, proposal, params)
@@ -196,33 +202,30 @@ def action_propose(
     return GateResult(action, created=True)
 
 
-def _record(
-    registry: RegistryView,
-    key: AgentKey,
-    agent: Agent,
-    served: tuple[str, ...],
-    tool: Tool,
-    proposal: Proposal,
-    params: dict[str, Any],
-) -> Action:
-    version, workflow = registry.active(proposal.workflow)
-    if workflow is None:
-        # (the key's scope named it: it was deleted since)
-        raise GateRefusal(403, f"This key may not act in workflow {proposal.workflow!r}.")
-    switches = list(
-        KillSwitch.objects.filter(
-            covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)
-        )
-    )
-    action = Action(
-        agent=agent,
-        key=key,
+@dataclass(frozen=True)
+class _Asked:
+    """A proposal past its key's scope and its params' check: what the gate decides on."""
+
+    registry: RegistryView
+    key: AgentKey
+    agent: Agent
+    served: tuple[str, ...]
+    tool: Tool
+    proposal: Proposal
+    params: dict[str, Any]
+
+
+def _new_action(asked: _Asked, workflow: Workflow, version: BookVersion | None) -> Action:
+    proposal = asked.proposal
+    return Action(
+        agent=asked.agent,
+        key=asked.key,
         workflow=workflow,
-        tool=tool,
+        tool=asked.tool,
         book_version=version,
         status=Status.PROPOSED,
         decision=Decision.DENY,
-        params=params,
+        params=asked.params,
         subject=proposal.subject,
         confidence=proposal.confidence,
         reasoning=proposal.reasoning,
@@ -232,6 +235,70 @@ def _record(
         trace_id=proposal.trace_id,
         segment=proposal.segment,
     )
+
+
+def _rule(action: Action, asked: _Asked) -> Ruling:
+    return action_rule(
+        version=action.book_version,
+        workflow=action.workflow,
+        agent=action.agent,
+        tool=action.tool,
+        params=action.params,
+        confidence=action.confidence,
+        segment=action.segment,
+        subject=action.subject,
+        served=asked.served,
+    )
+
+
+def _allow_path(asked: _Asked) -> tuple[Action | None, Ruling | None]:
+    """An allowed proposal written in one statement (apps/actions/allow_path.py) and sent to
+    the workers. (None, the ruling) when the book does not allow it, a switch or the circuit
+    stopped it, or it carries model usage: the full path records it then, with that ruling."""
+    version, workflow = asked.registry.active(asked.proposal.workflow)
+    if version is None or workflow is None or asked.proposal.usage:
+        return None, None
+    action = _new_action(asked, workflow, version)
+    ruling = _rule(action, asked)
+    if ruling.decision != Decision.ALLOW:
+        return None, ruling
+    _allowed(action, ruling)
+    stopped = action_insert_unless_stopped(
+        action,
+        (Status.APPROVED, Status.QUEUED),
+        actor=f"agent:{asked.agent.slug}",
+        decider="system:gate",
+        proposed=_proposed(action),
+    )
+    if stopped is not None:
+        return None, ruling
+    action_dispatch(action.pk)
+    return action, ruling
+
+
+def _allowed(action: Action, ruling: Ruling) -> None:
+    action.decision = ruling.decision
+    action.reasons = ruling.reasons
+    action.spot_check = ruling.spot_check
+    action.queued_at = action.created_at = timezone.now()
+    action.params_digest = ruling.digest
+
+
+def _record(asked: _Asked, ruling: Ruling | None = None) -> Action:
+    """The proposal recorded in the gate's transaction, on every path: blocked by a switch,
+    denied, observed, held, held for a broken circuit, or allowed. `ruling`: the book's, when
+    the allow path made it already."""
+    agent, tool, proposal = asked.agent, asked.tool, asked.proposal
+    version, workflow = asked.registry.active(proposal.workflow)
+    if workflow is None:
+        # (the key's scope named it: it was deleted since)
+        raise GateRefusal(403, f"This key may not act in workflow {proposal.workflow!r}.")
+    switches = list(
+        KillSwitch.objects.filter(
+            covering(workflow=workflow.slug, agent=agent.slug, tool=tool.slug)
+        )
+    )
+    action = _new_action(asked, workflow, version)
     if switches:
         action.reasons = [
             {
@@ -242,17 +309,7 @@ def _record(
         ]
         return _enter(action, agent, Status.BLOCKED)
 
-    ruling = action_rule(
-        version=version,
-        workflow=workflow,
-        agent=agent,
-        tool=tool,
-        params=params,
-        confidence=proposal.confidence,
-        segment=proposal.segment,
-        subject=proposal.subject,
-        served=served,
-    )
+    ruling = ruling or _rule(action, asked)
     action.decision = ruling.decision
     action.reasons = ruling.reasons
     action.spot_check = ruling.spot_check
@@ -275,8 +332,7 @@ def _record(
             action.escalated_to_id = action.escalation_owner_id
             _enter(action, agent, Status.PENDING_REVIEW)
             return _review(action, "fallback", error=action.reasons[0]["message"])
-        action.queued_at = action.created_at = timezone.now()
-        action.params_digest = ruling.digest
+        _allowed(action, ruling)
         _enter(action, agent, Status.APPROVED, Status.QUEUED)
         action_dispatch(action.pk)
         return action
@@ -297,14 +353,19 @@ def _enter(action: Action, agent: Agent, *path: str) -> Action:
         path,
         actor=f"agent:{agent.slug}",
         decider="system:gate",
-        proposed={
-            "workflow": action.workflow.slug,
-            "tool": action.tool.slug,
-            "params": action.params,
-            "confidence": str(action.confidence) if action.confidence is not None else None,
-            "book_version": action.book_version.number if action.book_version else None,
-            "idempotency_key": action.idempotency_key,
-            "trace_id": action.trace_id,
-        },
+        proposed=_proposed(action),
         reported=False,
     )
+
+
+def _proposed(action: Action) -> dict[str, Any]:
+    """The data of the `action.proposed` event: what the agent asked for."""
+    return {
+        "workflow": action.workflow.slug,
+        "tool": action.tool.slug,
+        "params": action.params,
+        "confidence": str(action.confidence) if action.confidence is not None else None,
+        "book_version": action.book_version.number if action.book_version else None,
+        "idempotency_key": action.idempotency_key,
+        "trace_id": action.trace_id,
+    }

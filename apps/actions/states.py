@@ -144,13 +144,34 @@ def transition_insert(
     time is mostly its statements: see docs/benchmarks.md). `decider` made the first step (the
     decision, whose event carries the decision and its reasons); `actor` the others. The gate
     passes reported=False: the proposer learns those steps from the gate's answer."""
+    action.status = path_end(action, path)
+    action.save(force_insert=True)
+    insert_record(action, path, actor=actor, decider=decider, proposed=proposed, reported=reported)
+    return action
+
+
+def path_end(action: Action, path: Sequence[str]) -> str:
+    """The status a new action reaches along `path` from proposed; IllegalTransition at the
+    first step the machine does not have."""
     current: str = Status.PROPOSED
     for step in path:
         if not can_transition(current, step):
             raise IllegalTransition(action.pk, current, step)
         current = step
-    action.status = current
-    action.save(force_insert=True)
+    return current
+
+
+def insert_record(
+    action: Action,
+    path: Sequence[str],
+    *,
+    actor: Actor,
+    decider: Actor,
+    proposed: Mapping[str, Any],
+    reported: bool = True,
+) -> None:
+    """What follows the insert of a new action along `path` (`transition_insert`): its
+    `action.proposed` event, then one event per step, and the callbacks when `reported`."""
     audit_record(
         actor=actor,
         verb="action.proposed",
@@ -172,4 +193,3 @@ def transition_insert(
         if reported:
             callback_schedule(action, step)
         previous = step
-    return action

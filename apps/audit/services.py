@@ -57,6 +57,8 @@ class _Pending:
 
 
 _batch: ContextVar[list[_Pending] | None] = ContextVar("audit_batch", default=None)
+# Set inside `audit_collected`: the events are kept for the caller's own statement.
+_collecting: ContextVar[bool] = ContextVar("audit_collecting", default=False)
 
 
 @contextmanager
@@ -77,6 +79,21 @@ def audit_batch() -> Iterator[None]:
         _append(pending)
 
 
+@contextmanager
+def audit_collected() -> Iterator[list[_Pending]]:
+    """Collect the events recorded inside without writing them, for a change written as one
+    statement outside a transaction: the caller puts them in that statement (`audit_rows`), so
+    that the change and its record still commit or fail together."""
+    pending: list[_Pending] = []
+    batch_token = _batch.set(pending)
+    collecting_token = _collecting.set(True)
+    try:
+        yield pending
+    finally:
+        _collecting.reset(collecting_token)
+        _batch.reset(batch_token)
+
+
 def audit_record(
     *,
     actor: AbstractBaseUser | AnonymousUser | str | None,
@@ -87,7 +104,7 @@ def audit_record(
 ) -> AuditEvent | None:
     """Write one event (or add it to the open `audit_batch`, which returns None). It enters the
     Merkle log when its transaction has committed and the sequencer next runs."""
-    if not transaction.get_connection().in_atomic_block:
+    if not _collecting.get() and not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
     actor_type, actor_name = _actor(actor)
     # Stored exactly as digested: through JSON and back, so Decimals and datetimes become the
@@ -131,9 +148,34 @@ _WRITTEN = (
 _ROW = "(" + ", ".join("%s::jsonb" if name == "payload" else "%s" for name in _WRITTEN) + ")"
 
 
+def audit_rows(entries: list[_Pending]) -> tuple[str, str, list[Any]]:
+    """The column list, the rows of a VALUES list and their params that write `entries`."""
+    params: list[Any] = []
+    for entry in entries:
+        canonical = canonical_json(entry.payload) if entry.canonical is None else entry.canonical
+        entry.canonical = canonical
+        params.extend(
+            (
+                entry.created_at,
+                entry.actor_type,
+                entry.actor,
+                entry.verb,
+                entry.target_type,
+                entry.target_id,
+                entry.subject,
+                entry.trace_id,
+                canonical,
+                entry.digest,
+                canonical,
+            )
+        )
+    return f"({', '.join(_WRITTEN)})", ", ".join([_ROW] * len(entries)), params
+
+
 def _append(entries: list[_Pending]) -> list[AuditEvent]:
     """One INSERT for the lot, written out (it runs in every audited change: composing it with
     the ORM cost more than the statement itself)."""
+    columns, rows, params = audit_rows(entries)
     events = [
         AuditEvent(
             created_at=entry.created_at,
@@ -146,22 +188,14 @@ def _append(entries: list[_Pending]) -> list[AuditEvent]:
             trace_id=entry.trace_id,
             payload=entry.payload,
             payload_digest=entry.digest,
-            payload_canonical=(
-                canonical_json(entry.payload) if entry.canonical is None else entry.canonical
-            ),
+            payload_canonical=entry.canonical,
         )
         for entry in entries
     ]
-    params: list[Any] = []
-    for event in events:
-        params.extend(
-            event.payload_canonical if name == "payload" else getattr(event, name)
-            for name in _WRITTEN
-        )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO audit_auditevent ({', '.join(_WRITTEN)})"  # noqa: S608 (constant names)
-            f" VALUES {', '.join([_ROW] * len(events))} RETURNING id, sequence, writer_xid",
+            f"INSERT INTO audit_auditevent {columns} VALUES {rows}"  # noqa: S608 (constant names)
+            " RETURNING id, sequence, writer_xid",
             params,
         )
         for event, (pk, sequence, writer_xid) in zip(events, cursor.fetchall(), strict=True):

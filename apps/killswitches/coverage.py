@@ -71,6 +71,16 @@ def covering(*, workflow: Any, agent: Any, tool: Any) -> Q:
     )
 
 
+# The same predicate written out, for a statement composed by hand (the gate's allow path,
+# apps/actions/allow_path.py): a row for each engaged switch covering an action of the
+# workflow, agent and tool given as its three parameters, in that order, by slug.
+COVERING_SQL = (
+    "SELECT 1 FROM killswitches_killswitch k WHERE k.released_at IS NULL"
+    " AND (k.scope = 'global' OR (k.scope = 'workflow' AND k.target = %s)"
+    " OR (k.scope = 'agent' AND k.target = %s) OR (k.scope = 'tool' AND k.target = %s))"
+)
+
+
 def switch_engaged_over(prefix: str = "") -> Exists:
     """An engaged switch covers the action of the outer query (a WHERE on actions, or on rows
     that point at an action through `prefix`, e.g. "action__")."""

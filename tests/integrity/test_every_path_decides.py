@@ -38,6 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Where the code creates, approves, queues or sends actions, and why each place is safe.
 KNOWN_PATHS: dict[str, str] = {
     "apps/actions/gate.py:_record": "the gate: queues only what action_rule allowed",
+    "apps/actions/gate.py:_new_action": "the gate: an action in proposed, denied until ruled",
+    "apps/actions/gate.py:_allow_path": "the gate's allow path: writes only what action_rule "
+    "allowed, through action_insert_unless_stopped",
+    "apps/actions/allow_path.py:action_insert_unless_stopped": "the one INSERT of an action "
+    "written in SQL; its one caller is the gate's _allow_path",
     "apps/actions/enqueue.py:action_enqueue": "approval: takes a Ruling of the action's own params",
     "apps/actions/enqueue.py:action_retry": "a fallback run again: takes a Ruling of its params",
     "apps/actions/dispatch.py:action_send": "the one sender of actions queued by the above; "
@@ -80,9 +85,8 @@ def _makes_run(call: ast.Call) -> str:
         for arg in call.args
         for step in (arg.elts if isinstance(arg, ast.Tuple | ast.List) else [arg])
     ]
-    if name in ("transition", "transition_insert", "_enter") and any(
-        _is_queue_state(step) for step in steps
-    ):
+    inserts = ("transition", "transition_insert", "_enter", "action_insert_unless_stopped")
+    if name in inserts and any(_is_queue_state(step) for step in steps):
         return "moves to approved or queued"
     writes = name in ("Action", "update", "create", "get_or_create", "update_or_create")
     for keyword in call.keywords:
@@ -101,6 +105,17 @@ def _makes_run(call: ast.Call) -> str:
     return ""
 
 
+def _writes_in_sql(node: ast.AST) -> str:
+    """What a string written into the code does to actions in SQL, or ""."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        text = " ".join(node.value.split()).lower()
+        if "insert into actions_action" in text:
+            return "creates an action in SQL"
+        if "update actions_action" in text:
+            return "updates actions in SQL"
+    return ""
+
+
 def _paths_in(source: Path, root: Path) -> Iterator[tuple[str, str]]:
     tree = ast.parse(source.read_text(), filename=str(source))
     relative = source.relative_to(root).as_posix()
@@ -110,10 +125,9 @@ def _paths_in(source: Path, root: Path) -> Iterator[tuple[str, str]]:
             inner = where
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) and where == "":
                 inner = child.name
-            if isinstance(child, ast.Call):
-                what = _makes_run(child)
-                if what:
-                    yield f"{relative}:{inner or '<module>'}", what
+            what = _makes_run(child) if isinstance(child, ast.Call) else _writes_in_sql(child)
+            if what:
+                yield f"{relative}:{inner or '<module>'}", what
             yield from visit(child, inner)
 
     yield from visit(tree, "")
@@ -154,6 +168,15 @@ def test_map__every_place_that_can_make_an_action_run__is_known() -> None:
         ("transition(action, Status.APPROVED, actor=user)", "moves to approved or queued"),
         ("execute_action.delay(str(pk))", "sends to a worker"),
         ("Action.objects.create(status=Status.PROPOSED)", "creates an action"),
+        (
+            'cursor.execute(f"INSERT INTO actions_action ({c}) VALUES (%s)")',
+            "creates an action in SQL",
+        ),
+        ('cursor.execute("UPDATE  actions_action SET status = %s")', "updates actions in SQL"),
+        (
+            "action_insert_unless_stopped(action, (Status.APPROVED, Status.QUEUED))",
+            "moves to approved or queued",
+        ),
     ],
 )
 def test_map__finds_a_new_side_door(tmp_path: Path, body: str, what: str) -> None:

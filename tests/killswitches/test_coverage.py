@@ -1,6 +1,6 @@
-"""What a switch covers, asked three ways (the gate's filter on switches, the sweep's subquery on
-actions, and the claim's SQL function), always answers the same; the fence's key is the same
-number in Python and in the claim's SQL."""
+"""What a switch covers, asked four ways (the gate's filter on switches, the sweep's subquery on
+actions, the claim's SQL function and the allow path's SQL), always answers the same; the
+fence's key is the same number in Python and in the claim's SQL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from django.db import connection
 from django.db.models.functions import Now
 
 from apps.actions.models import Action
-from apps.killswitches.coverage import FENCE_KEY, covering, in_scope, switch_engaged_over
+from apps.killswitches.coverage import (
+    COVERING_SQL,
+    FENCE_KEY,
+    covering,
+    in_scope,
+    switch_engaged_over,
+)
 from apps.killswitches.models import KillSwitch
 from tests.killswitches.conftest import Desk, propose
 
@@ -35,6 +41,14 @@ def _engage(scope: str, target: str, *, released: bool = False) -> None:
 def _claim_look_covers(action: Action) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT covered FROM actions_claim_look(%s)", [action.pk])
+        row = cursor.fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def _covered_by_sql(workflow: str, agent: str, tool: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS ({COVERING_SQL})", [workflow, agent, tool])
         row = cursor.fetchone()
     assert row is not None
     return bool(row[0])
@@ -80,8 +94,9 @@ def test_covering__each_scope__filter_subquery_and_claim_agree(
     ).exists()
     by_subquery = Action.objects.filter(pk=action.pk).filter(switch_engaged_over()).exists()
     by_claim = _claim_look_covers(action)
+    by_sql = _covered_by_sql("refunds", "refund-bot", "issue_refund")
     # Then they agree, and answer as the scopes say
-    assert (by_filter, by_subquery, by_claim) == (covered, covered, covered)
+    assert (by_filter, by_subquery, by_claim, by_sql) == (covered, covered, covered, covered)
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from django.db import connection, models
+from django.db import connection
+from django.db.models import Field
 
 from apps.actions.breaker import CIRCUIT_REFUSING_SQL, circuit_cooling_since
 from apps.actions.models import Action
@@ -28,10 +30,9 @@ from apps.actions.states import Actor, insert_record, path_end
 from apps.audit.services import audit_collected, audit_rows
 from apps.killswitches.coverage import COVERING_SQL
 
-# Text columns take their parameter as it comes (PostgreSQL checks its length on assignment);
-# every other column names its type, so that a NULL or a literal means the column's type in
-# the SELECT the row is written from.
-_TEXT = (models.CharField, models.TextField)
+# Each value names its column's type (text for text columns, whose length PostgreSQL then
+# checks on assignment), so that a parameter in the SELECT the row is written from has a type.
+_TEXT_TYPES = ("varchar", "text")
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,26 @@ class Stopped:
     broken: bool
 
 
+@cache
+def _action_columns() -> tuple[tuple[Field[Any, Any], ...], str, str]:
+    """The action's fields, their columns, and the SELECT list that writes them: the same in
+    every statement, so composed once per process."""
+    fields = tuple(Action._meta.concrete_fields)
+    columns: list[str] = []
+    values: list[str] = []
+    for field in fields:
+        columns.append(connection.ops.quote_name(str(field.column)))
+        db_type = str(field.db_type(connection))
+        values.append("%s::text" if db_type.startswith(_TEXT_TYPES) else f"%s::{db_type}")
+    return fields, ", ".join(columns), ", ".join(values)
+
+
 def _action_row(action: Action) -> tuple[str, str, list[Any]]:
     """The action's columns, the SELECT list that writes them, and its params, as the ORM's
     INSERT would write them (defaults, `auto_now`, the database form of each value)."""
-    columns: list[str] = []
-    values: list[str] = []
-    params: list[Any] = []
-    for field in Action._meta.concrete_fields:
-        columns.append(connection.ops.quote_name(str(field.column)))
-        values.append("%s" if isinstance(field, _TEXT) else f"%s::{field.db_type(connection)}")
-        params.append(field.get_db_prep_save(field.pre_save(action, True), connection))
-    return ", ".join(columns), ", ".join(values), params
+    fields, columns, values = _action_columns()
+    params = [field.get_db_prep_save(field.pre_save(action, True), connection) for field in fields]
+    return columns, values, params
 
 
 def action_insert_unless_stopped(

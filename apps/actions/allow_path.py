@@ -17,11 +17,12 @@ refusing circuit (apps/actions/breaker.py: CIRCUIT_REFUSING_SQL)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Field
 
 from apps.actions.breaker import CIRCUIT_REFUSING_SQL, circuit_cooling_since
@@ -100,7 +101,10 @@ def action_insert_unless_stopped(
         *action_params,
         *event_params,
     ]
-    with connection.cursor() as cursor:
+    # Inside a caller's transaction the statement gets a savepoint, so that a refusal (a
+    # repeated idempotency key) leaves that transaction usable, as the full path's block does.
+    inside = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    with inside, connection.cursor() as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone()
     assert row is not None  # (the stop CTE is always one row)

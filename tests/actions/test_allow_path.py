@@ -172,6 +172,21 @@ def test_allow_path__the_same_idempotency_key_twice__the_second_refused(
     assert events_of(again) == []
 
 
+def test_allow_path__repeated_key_inside_a_transaction__that_transaction_stays_usable(
+    agent: Agent, refunds: Workflow, refund_tool: Tool, book: BookVersion
+) -> None:
+    # Given an action written with an idempotency key
+    assert write(new_action(agent, refunds, refund_tool, book)) is None
+    again = new_action(agent, refunds, refund_tool, book)
+    with transaction.atomic():
+        # When another is written with the same key inside a caller's transaction
+        with pytest.raises(DatabaseError):
+            write(again)
+        # Then that transaction can still read (the refusal was kept to a savepoint)
+        assert Action.objects.filter(idempotency_key="k-1").count() == 1
+    assert events_of(again) == []
+
+
 def test_gate__allowed_proposal__one_statement_after_the_registry_check(
     client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
 ) -> None:

@@ -10,6 +10,7 @@ deciding exactly the params that the action then carries, and a worker runs noth
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -85,8 +86,12 @@ def _makes_run(call: ast.Call) -> str:
         for arg in call.args
         for step in (arg.elts if isinstance(arg, ast.Tuple | ast.List) else [arg])
     ]
-    inserts = ("transition", "transition_insert", "_enter", "action_insert_unless_stopped")
-    if name in inserts and any(_is_queue_state(step) for step in steps):
+    if name == "action_insert_unless_stopped":
+        # (writes whatever path it is given: every caller is a path of its own)
+        return "moves to approved or queued"
+    if name in ("transition", "transition_insert", "_enter") and any(
+        _is_queue_state(step) for step in steps
+    ):
         return "moves to approved or queued"
     writes = name in ("Action", "update", "create", "get_or_create", "update_or_create")
     for keyword in call.keywords:
@@ -105,15 +110,39 @@ def _makes_run(call: ast.Call) -> str:
     return ""
 
 
+def _text_of(node: ast.AST) -> str | None:
+    """The text of a string written into the code: a constant, an f-string (its fields as
+    written) or constants joined by +; None for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(
+            str(part.value) if isinstance(part, ast.Constant) else ast.unparse(part)
+            for part in node.values
+        )
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _text_of(node.left), _text_of(node.right)
+        if left is not None and right is not None:
+            return left + right
+    return None
+
+
+# INSERT INTO or UPDATE of the actions table, however it is named: quoted, with its schema, or
+# through the model's db_table.
+_SQL_WRITE = re.compile(
+    r"\b(insert\s+into|update)\s+(\w+\.)?(actions_action|\{?action\._meta\.db_table\}?)\b"
+)
+
+
 def _writes_in_sql(node: ast.AST) -> str:
     """What a string written into the code does to actions in SQL, or ""."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        text = " ".join(node.value.split()).lower()
-        if "insert into actions_action" in text:
-            return "creates an action in SQL"
-        if "update actions_action" in text:
-            return "updates actions in SQL"
-    return ""
+    text = _text_of(node)
+    if text is None:
+        return ""
+    found = _SQL_WRITE.search(" ".join(text.replace('"', "").split()).lower())
+    if found is None:
+        return ""
+    return "creates an action in SQL" if found.group(1) != "update" else "updates actions in SQL"
 
 
 def _paths_in(source: Path, root: Path) -> Iterator[tuple[str, str]]:
@@ -126,6 +155,9 @@ def _paths_in(source: Path, root: Path) -> Iterator[tuple[str, str]]:
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) and where == "":
                 inner = child.name
             what = _makes_run(child) if isinstance(child, ast.Call) else _writes_in_sql(child)
+            if what and isinstance(child, ast.BinOp | ast.JoinedStr):
+                yield f"{relative}:{inner or '<module>'}", what
+                continue  # (its parts are one string: not found again)
             if what:
                 yield f"{relative}:{inner or '<module>'}", what
             yield from visit(child, inner)
@@ -173,6 +205,23 @@ def test_map__every_place_that_can_make_an_action_run__is_known() -> None:
             "creates an action in SQL",
         ),
         ('cursor.execute("UPDATE  actions_action SET status = %s")', "updates actions in SQL"),
+        (
+            "cursor.execute('INSERT INTO \"actions_action\" (id) VALUES (%s)')",
+            "creates an action in SQL",
+        ),
+        (
+            "cursor.execute('update public.actions_action set status = %s')",
+            "updates actions in SQL",
+        ),
+        (
+            'cursor.execute(f"INSERT INTO {Action._meta.db_table} (id) VALUES (%s)")',
+            "creates an action in SQL",
+        ),
+        (
+            'cursor.execute("INSERT INTO " + "actions_action (id) VALUES (%s)")',
+            "creates an action in SQL",
+        ),
+        ("action_insert_unless_stopped(action, PATH, actor=user)", "moves to approved or queued"),
         (
             "action_insert_unless_stopped(action, (Status.APPROVED, Status.QUEUED))",
             "moves to approved or queued",

@@ -20,8 +20,9 @@ creates the bare endpoint's table, and then:
 BENCH_GATE_SECONDS, BENCH_GATE_WARMUP_SECONDS, BENCH_GATE_WORKERS, BENCH_GATE_THREADS,
 BENCH_EXEC_N, BENCH_EXEC_POOL and BENCH_SIDE_N change the durations, the server and the worker.
 
-No worker runs during 1: the allowed actions' tasks wait in a queue of the run's own, which is
-emptied before 3 and at the end. Every process started here is stopped in a `finally`.
+No worker runs during 1: the allowed actions wait queued (announced on a channel of the run's
+own, which nobody hears) and are cancelled before 3, so that the worker started there does not
+pick them up. Every process started here is stopped in a `finally`.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ TARGET_P50_US = 5_000.0
 TARGET_P99_US = 20_000.0
 TARGET_RATE = 400.0
 TARGET_RATIO = 1.5
-TARGET_EXEC_P50_US = 20_000.0
+TARGET_EXEC_P50_US = 10_000.0
 
 REFUND = {
     "workflow": "refunds",
@@ -438,6 +439,13 @@ def _sample_row(case: str, samples_us: list[float], **extra: Any) -> dict[str, A
     }
 
 
+def _set_aside_queued() -> None:
+    """The load's allowed actions, still queued (no worker ran during it), cancelled: a worker
+    that starts listening picks up what is queued, and these would only delay the latency
+    measured after it."""
+    Action.objects.filter(status=Status.QUEUED).update(status=Status.CANCELLED)
+
+
 def _ratio(bare: Load, gate: Load) -> float:
     # Closed loop with a fixed number of clients: the ratio of rates is also that of mean latency.
     return bare.per_second / gate.per_second
@@ -510,6 +518,7 @@ def main() -> list[dict[str, Any]]:
                     )
 
                 purge(queue)
+                _set_aside_queued()
                 with _worker(env, logs, queue):
                     _proposal_to_done(port, fixture.noop_key, EXEC_WARMUP)
                     stages = _proposal_to_done(port, fixture.noop_key, EXEC_N)

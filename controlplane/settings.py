@@ -223,6 +223,14 @@ SLO_REGRESSION_POINTS = 0.10
 # An action still `queued` this long after it was queued (its message lost, say while the broker
 # was down) is sent to the workers again by the requeue sweep (apps/actions/requeue.py).
 ACTION_REQUEUE_AFTER_SECONDS = env_int(ENV, "ACTION_REQUEUE_AFTER_SECONDS", 60)
+# A worker listens for queued actions announced by PostgreSQL and starts them at once
+# (apps/actions/pickup.py). Off for a worker whose database connection cannot LISTEN (through a
+# connection pooler in transaction mode): it then runs what the broker brings, and an action no
+# listening worker heard waits for the requeue sweep.
+ACTION_PICKUP = env_bool(ENV, "ACTION_PICKUP", default=True)
+# Threads on which a worker starts the actions it hears announced; 0: as many as the worker's
+# concurrency.
+ACTION_PICKUP_THREADS = env_int(ENV, "ACTION_PICKUP_THREADS", 0)
 # A worker running an action holds its lease for the tool's timeout plus this margin (for the
 # connection, the database statements around the call, a slow host); apps/actions/execution.py
 # explains the choice.

@@ -23,6 +23,7 @@ from django.test import Client
 from apps.accounts.roles import Role
 from apps.accounts.services import user_create
 from controlplane.celery import app as celery_app
+from tests.announced import Announced
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -90,6 +91,20 @@ def _flush_past_the_trail_triggers(self: BaseDatabaseOperations, sql_list: Itera
 
 _flush = DatabaseOperations.execute_sql_flush
 DatabaseOperations.execute_sql_flush = _flush_past_the_trail_triggers  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def enqueued(transactional_db: None) -> Iterator[Announced]:
+    """The action ids announced to the workers (tests/announced.py), on a channel of the test's
+    own: no worker hears them. Needs a transactional test: notices are delivered on commit."""
+    announced = Announced()
+    queue = celery_app.conf.task_default_queue
+    celery_app.conf.task_default_queue = announced.channel
+    try:
+        yield announced
+    finally:
+        celery_app.conf.task_default_queue = queue
+        announced.close()
 
 
 def make_user(role: Role | None, username: str | None = None) -> User:

@@ -1,5 +1,6 @@
 """The gate's allow path in one statement: an allowed action and its audit events written
-together, unless a kill switch or the tool's circuit stops it.
+together, and the action announced to the workers (apps/actions/dispatch.py), unless a kill
+switch or the tool's circuit stops it.
 
 Most proposals are allowed, and on that path the gate's time was mostly its round trips to
 PostgreSQL and the ORM composing them (docs/benchmarks.md): BEGIN, a read of the switches, a
@@ -26,9 +27,11 @@ from django.db import connection, transaction
 from django.db.models import Field
 
 from apps.actions.breaker import CIRCUIT_REFUSING_SQL, circuit_cooling_since
+from apps.actions.dispatch import announcement
 from apps.actions.models import Action
 from apps.actions.states import Actor, insert_record, path_end
 from apps.audit.services import audit_collected, audit_rows
+from apps.core.workers import task_channel
 from apps.killswitches.coverage import COVERING_SQL
 
 # Each value names its column's type (text for text columns, whose length PostgreSQL then
@@ -76,8 +79,9 @@ def action_insert_unless_stopped(
     proposed: Mapping[str, Any],
 ) -> Stopped | None:
     """Write the new `action` in the status it reaches along `path`, with the events
-    `transition_insert` would record (none reported to the agent), in one statement; None when
-    written, else what stopped it (and nothing is written)."""
+    `transition_insert` would record (none reported to the agent), and announce it to the
+    workers, in one statement; None when written, else what stopped it (and nothing is written
+    or announced)."""
     action.status = path_end(action, path)
     with audit_collected() as events:
         insert_record(action, path, actor=actor, decider=decider, proposed=proposed, reported=False)
@@ -87,7 +91,7 @@ def action_insert_unless_stopped(
         f"WITH stop AS (SELECT EXISTS ({COVERING_SQL}) AS switched,"  # noqa: S608 (constants)
         f" EXISTS ({CIRCUIT_REFUSING_SQL}) AS broken),"
         f" written AS (INSERT INTO actions_action ({columns}) SELECT {values} FROM stop"
-        " WHERE NOT stop.switched AND NOT stop.broken RETURNING 1),"
+        " WHERE NOT stop.switched AND NOT stop.broken RETURNING pg_notify(%s, %s)),"
         f" recorded AS (INSERT INTO audit_auditevent {event_columns}"
         f" SELECT * FROM (VALUES {event_rows}) AS e WHERE EXISTS (SELECT FROM written))"
         " SELECT switched, broken FROM stop"
@@ -99,6 +103,8 @@ def action_insert_unless_stopped(
         action.tool_id,
         circuit_cooling_since(action.tool),
         *action_params,
+        task_channel(),
+        announcement(action.pk),
         *event_params,
     ]
     # Inside a caller's transaction the statement gets a savepoint, so that a refusal (a

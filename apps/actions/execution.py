@@ -239,7 +239,10 @@ def _not_as_decided(action: Action) -> str:
     return ""
 
 
-def action_execute(*, action_id: UUID) -> Outcome:
+def action_execute(*, action_id: UUID, queued_only: bool = False) -> Outcome:
+    """Run one delivery of an action. `queued_only`: a delivery that only starts a queued action
+    (an announcement, heard by every worker): it leaves a running one to the delivery that holds
+    it, instead of waiting for its lease."""
     taken = time.perf_counter()
     claim = _claim(action_id)
     if claim.verdict is Claim.REFUSED:
@@ -256,6 +259,8 @@ def action_execute(*, action_id: UUID) -> Outcome:
         action = claim.action
     elif claim.status in FINISHED:
         return Outcome(claim.status, note="already finished")
+    elif claim.status == Status.RUNNING and queued_only:
+        return Outcome(claim.status, note="running elsewhere")
     elif claim.status == Status.RUNNING:
         # Another delivery of a running action (a duplicate message, a retry, the redelivery
         # after a worker died, the requeue sweep) continues it only once it holds the lease.

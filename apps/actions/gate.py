@@ -3,7 +3,7 @@
 Checks, in order: the key (done by the API's authentication), the agent's status and scope,
 kill switches, the params against the tool's schema, then the active Decision Book. The action,
 its decision, the book version and the audit events are written in one transaction; allowed
-actions are queued for a worker once that transaction commits.
+actions are announced to the workers in it, and reach them once it commits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from django.utils import timezone
 from apps.actions.allow_path import action_insert_unless_stopped
 from apps.actions.breaker import circuit_refusing
 from apps.actions.decision import Ruling, action_rule
-from apps.actions.dispatch import action_dispatch
+from apps.actions.dispatch import action_dispatch, actions_send_on_commit
 from apps.actions.metrics import GATE_DECISIONS, GATE_REFUSALS, GATE_SECONDS
 from apps.actions.models import Action, Decision, Status
 from apps.actions.params import ParamsInvalid, params_check
@@ -252,8 +252,9 @@ def _rule(action: Action, asked: _Asked) -> Ruling:
 
 
 def _allow_path(asked: _Asked) -> tuple[Action | None, Ruling | None]:
-    """An allowed proposal written in one statement (apps/actions/allow_path.py) and sent to
-    the workers. (None, the ruling) when the book does not allow it, a switch or the circuit
+    """An allowed proposal written and announced to the workers in one statement
+    (apps/actions/allow_path.py), sent through the broker too where workers do not listen.
+    (None, the ruling) when the book does not allow it, a switch or the circuit
     stopped it, or it carries model usage: the full path records it then, with that ruling."""
     version, workflow = asked.registry.active(asked.proposal.workflow)
     if version is None or workflow is None or asked.proposal.usage:
@@ -272,7 +273,7 @@ def _allow_path(asked: _Asked) -> tuple[Action | None, Ruling | None]:
     )
     if stopped is not None:
         return None, ruling
-    action_dispatch(action.pk)
+    actions_send_on_commit([action.pk])
     return action, ruling
 
 

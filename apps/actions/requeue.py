@@ -1,13 +1,15 @@
 """Sending stale queued actions, and running actions whose worker is gone, to the workers again.
 
-An allowed action is written `queued` in the gate's transaction and its message is sent to the
-broker after the commit. When the broker cannot take it (Redis down, a network cut) the
-proposal is still answered and nothing is lost: the action stays `queued` in the database, and
-this sweep, run by the scheduler, sends every action queued for longer than
-ACTION_REQUEUE_AFTER_SECONDS again. The database is the record of what must run; the broker
-only carries reminders. (So no transactional outbox: the actions table already is one.)
+An allowed action is written `queued` in the gate's transaction and announced to the workers
+when it commits (apps/actions/dispatch.py). When no worker hears it (none listening, or the one
+that heard it stopped before starting it) nothing is lost: the action stays `queued` in the
+database, and this sweep, run by the scheduler, sends every action queued for longer than
+ACTION_REQUEUE_AFTER_SECONDS through the broker. The database is the record of what must run;
+notices and messages only carry reminders. (So no transactional outbox: the actions table
+already is one.)
 
-A running action whose worker died may have lost its message too (Redis restarted without
+A running action whose worker died has no message to be redelivered when the worker started
+it on hearing it announced, and may have lost its message otherwise (Redis restarted without
 it). Its execution lease (apps/actions/execution.py) tells: a worker holds it for one attempt
 and gives it back when it schedules a retry, so a lease over for ACTION_REQUEUE_AFTER_SECONDS is
 an action nobody is working on. The sweep sends those again as well.
@@ -42,6 +44,17 @@ BATCH = 500
 class RequeueReport:
     sent: int
     failed: int
+
+
+def actions_waiting() -> list[object]:
+    """The ids of queued actions no switch holds back, oldest first (at most BATCH): what a
+    worker that starts listening picks up (apps/actions/pickup.py)."""
+    return list(
+        Action.objects.filter(status=Status.QUEUED)
+        .filter(~switch_engaged_over())
+        .order_by("queued_at")
+        .values_list("pk", flat=True)[:BATCH]
+    )
 
 
 def actions_requeue(now: datetime | None = None) -> RequeueReport:

@@ -8,7 +8,8 @@ variables: headers, timeout, certificate), under OTEL_SERVICE_NAME (default `esc
 off, every hook here returns at once: no span, no context, no header.
 
 The context travels in W3C `traceparent` headers: on the HTTP request to the system of record,
-and on the Celery message (as a message header). A request's id, in every log line, is its
+on the Celery message (as a message header), and on the notice that announces a queued action
+(in its text). A request's id, in every log line, is its
 trace id when it is traced, so that logs and traces find each other.
 """
 
@@ -121,6 +122,30 @@ def inject_into(headers: dict[str, Any]) -> None:
     """Put the current context into a message's headers (a Celery task being sent)."""
     if _provider is not None:
         propagate.inject(headers)
+
+
+def context_carried() -> str:
+    """The current context as a `traceparent` value, for a carrier that has no headers (a
+    PostgreSQL notice); empty while tracing is off."""
+    if _provider is None:
+        return ""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers.get("traceparent", "")
+
+
+@contextmanager
+def consumer_span(name: str, traceparent: str) -> Iterator[None]:
+    """A span for work a notice started, as a child of the context the notice carried
+    (`context_carried`), current for the work's own calls."""
+    if _provider is None:
+        yield
+        return
+    carrier = {"traceparent": traceparent} if traceparent else {}
+    with _tracer().start_as_current_span(
+        name, context=propagate.extract(carrier), kind=trace.SpanKind.CONSUMER
+    ):
+        yield
 
 
 def task_span_start(task_id: str, name: str, request: Any) -> None:

@@ -26,6 +26,13 @@ def task_named(name: str) -> Task[Any, Any]:
     return task
 
 
+def task_channel() -> str:
+    """The PostgreSQL channel on which work for this process's queue is announced: the queue's
+    own name, so that an announcement reaches the workers a message would have reached."""
+    queue: str = current_app.conf.task_default_queue
+    return queue
+
+
 def task_send(name: str, *args: Any, **options: Any) -> None:
     """Send one task message now, with Celery's sending options (`countdown`, `time_limit`);
     raises whatever the broker raises when it cannot take it."""

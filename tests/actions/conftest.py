@@ -3,7 +3,6 @@ refunds book published by bob (risk, also its escalation owner), and helpers to 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from decimal import Decimal
@@ -134,20 +133,6 @@ def book(refunds: Workflow, refund_tool: Tool, risk_user: User) -> BookVersion:
 def key(agent: Agent) -> IssuedKey:
     """A key of refund-bot for all its workflows."""
     return agent_key_create(agent=agent, actor="system:test", label="tests")
-
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The action ids handed to a worker, in order (nothing really goes to the broker)."""
-    ids: list[str] = []
-    lock = threading.Lock()
-
-    def delay(action_id: str) -> None:
-        with lock:
-            ids.append(action_id)
-
-    monkeypatch.setattr("apps.actions.tasks.execute_action.delay", delay)
-    return ids
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from apps.killswitches.models import KillSwitch
 from apps.registry.models import Agent, Tool, Workflow
 from apps.registry.services import IssuedKey
 from tests.actions.conftest import proposal_body, propose
+from tests.announced import Announced
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,7 +189,7 @@ def test_allow_path__repeated_key_inside_a_transaction__that_transaction_stays_u
 
 
 def test_gate__allowed_proposal__one_statement_after_the_registry_check(
-    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     # Given a proposal the book allows, the registry read once already
     assert propose(client, key.key, proposal_body()).status_code == 201
@@ -204,11 +205,11 @@ def test_gate__allowed_proposal__one_statement_after_the_registry_check(
     assert "INSERT INTO actions_action" in statements[1]
     assert "INSERT INTO audit_auditevent" in statements[1]
     # And the action went to the workers
-    assert enqueued[-1] == response.json()["id"]
+    assert enqueued.ids()[-1] == response.json()["id"]
 
 
 def test_gate__switch_engaged__the_full_path_blocks_it(
-    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     # Given a global switch engaged
     KillSwitch.objects.create(
@@ -219,14 +220,14 @@ def test_gate__switch_engaged__the_full_path_blocks_it(
     # Then it is recorded blocked, naming the switch, and nothing is sent
     assert response.status_code == 201
     assert response.json()["status"] == Status.BLOCKED
-    assert enqueued == []
+    assert enqueued.ids() == []
     action = Action.objects.get(pk=response.json()["id"])
     assert action.reasons[0]["policy"] == "kill-switch:global"
     assert [verb for _, _, verb, _ in events_of(action)] == ["action.proposed", "action.blocked"]
 
 
 def test_gate__circuit_open__the_full_path_holds_it_for_a_person(
-    client: Client, key: IssuedKey, book: BookVersion, refund_tool: Tool, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, refund_tool: Tool, enqueued: Announced
 ) -> None:
     # Given the tool's circuit open
     ToolCircuit.objects.create(
@@ -237,7 +238,7 @@ def test_gate__circuit_open__the_full_path_holds_it_for_a_person(
     # Then it is held for review, naming the circuit, and nothing is sent
     assert response.status_code == 201
     assert response.json()["status"] == Status.PENDING_REVIEW
-    assert enqueued == []
+    assert enqueued.ids() == []
     assert Action.objects.get(pk=response.json()["id"]).reasons[0]["policy"] == "circuit-open"
 
 

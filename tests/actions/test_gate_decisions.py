@@ -30,6 +30,7 @@ from tests.actions.conftest import (
     refund_params,
     verbs_of,
 )
+from tests.announced import Announced
 from tests.factories import REFUND_CONTROLS, make_published_book
 
 pytestmark = pytest.mark.django_db
@@ -75,13 +76,11 @@ def test_propose__within_auto_cap__201_allowed_and_queued(
     client: Client,
     key: IssuedKey,
     book: BookVersion,
-    enqueued: list[str],
-    django_capture_on_commit_callbacks: CaptureCallbacks,
+    enqueued: Announced,
 ) -> None:
     # Given the refunds book (yellow zone, autonomous, review above 50.00 EUR)
     # When refund-bot proposes a refund of 30.00 EUR
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = propose(client, key.key, proposal_body(idempotency_key="refund-1042"))
+    response = propose(client, key.key, proposal_body(idempotency_key="refund-1042"))
     # Then it is allowed and queued, spot-checked because yellow-zone tools run autonomously
     assert response.status_code == 201
     body = response.json()
@@ -96,9 +95,8 @@ def test_propose__within_auto_cap__201_allowed_and_queued(
         "order:1042",
     )
     assert body["queued_at"] is not None
-    # And a worker is handed the action once the transaction commits, once
-    assert len(callbacks) == 1
-    assert enqueued == [body["id"]]
+    # And the workers hear of it once, when its transaction has committed
+    assert enqueued.ids() == [body["id"]]
     # And what was proposed is stored as sent, with the version that governed it
     action = Action.objects.get(pk=body["id"])
     assert action.book_version == book
@@ -366,7 +364,7 @@ def failing_audit(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], Non
 def test_propose__audit_write_fails__nothing_recorded_nothing_queued(
     key: IssuedKey,
     book: BookVersion,
-    enqueued: list[str],
+    enqueued: Announced,
     failing_audit: Callable[[int | None], None],
     failing_call: int,
 ) -> None:
@@ -380,7 +378,7 @@ def test_propose__audit_write_fails__nothing_recorded_nothing_queued(
     # handed to a worker, and the chain is intact
     assert Action.objects.count() == actions == 0
     assert AuditEvent.objects.count() == events
-    assert enqueued == []
+    assert enqueued.ids() == []
     assert audit_verify().intact
     # And the same proposal, once the audit works again, is recorded afresh (the key is free)
     failing_audit(None)

@@ -31,6 +31,7 @@ from tests.actions.conftest import (
     refund_params,
     verbs_of,
 )
+from tests.announced import Announced
 from tests.concurrency import at_once
 from tests.factories import make_agent
 
@@ -49,7 +50,7 @@ def test_propose__same_key_twice__200_with_first_action_nothing_new(
     client: Client,
     key: IssuedKey,
     book: BookVersion,
-    enqueued: list[str],
+    enqueued: Announced,
     django_capture_on_commit_callbacks: CaptureCallbacks,
 ) -> None:
     # Given refund-bot proposed once with an idempotency key
@@ -65,7 +66,7 @@ def test_propose__same_key_twice__200_with_first_action_nothing_new(
     assert again.json() == first.json()
     assert recorded() == before
     assert callbacks == []
-    assert enqueued == []
+    assert enqueued.ids() == [first.json()["id"]]
 
 
 @pytest.mark.django_db
@@ -128,7 +129,7 @@ def test_propose__repeat_after_agent_paused__first_action_returned(
 
 @pytest.mark.django_db(transaction=True)
 def test_propose__50_concurrent_duplicates__one_action_one_enqueue(
-    key: IssuedKey, book: BookVersion, enqueued: list[str]
+    key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     # Given 50 threads holding the same proposal with the same idempotency key
     events_before = AuditEvent.objects.count()
@@ -145,7 +146,7 @@ def test_propose__50_concurrent_duplicates__one_action_one_enqueue(
     action = Action.objects.get()
     assert action.status == Status.QUEUED
     # And it was handed to a worker exactly once
-    assert enqueued == [str(action.pk)]
+    assert enqueued.ids() == [str(action.pk)]
     # And only its own three events were written, in an intact chain
     assert verbs_of(action.pk) == ["action.proposed", "action.approved", "action.queued"]
     assert AuditEvent.objects.count() == events_before + 3
@@ -172,7 +173,7 @@ def post_json(url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str
 
 @pytest.mark.django_db(transaction=True)
 def test_propose_over_http__20_concurrent_duplicates__one_201_rest_200_same_id(
-    live_server: LiveServer, key: IssuedKey, book: BookVersion, enqueued: list[str]
+    live_server: LiveServer, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     # Given 20 clients sending the same proposal with the same idempotency key
     url = f"{live_server.url}/api/v1/actions"
@@ -184,5 +185,5 @@ def test_propose_over_http__20_concurrent_duplicates__one_201_rest_200_same_id(
     assert statuses == [200] * 19 + [201]
     assert {answer["id"] for _, answer in answers} == {str(Action.objects.get().pk)}
     # And the one action was handed to a worker once
-    assert enqueued == [answers[0][1]["id"]]
+    assert enqueued.ids() == [answers[0][1]["id"]]
     assert audit_verify().intact

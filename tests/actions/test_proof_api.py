@@ -20,13 +20,14 @@ from apps.books.models import BookVersion
 from apps.registry.models import Agent
 from apps.registry.services import IssuedKey, agent_key_create
 from tests.actions.conftest import proposal_body, propose, verbs_of
+from tests.announced import Announced
 from tests.factories import make_agent
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def proposed(client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]) -> str:
+def proposed(client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced) -> str:
     answer = propose(client, key.key, proposal_body())
     assert answer.status_code == 201, answer.content
     action_id: str = answer.json()["id"]

@@ -18,6 +18,7 @@ from apps.books.models import BookVersion
 from apps.killswitches.models import KillSwitch, Scope
 from apps.registry.services import IssuedKey
 from tests.actions.conftest import CaptureCallbacks, proposal_body, propose
+from tests.announced import Announced
 
 pytestmark = pytest.mark.django_db
 
@@ -49,7 +50,7 @@ def test_broker_down__proposal_answered_and_kept_queued__sent_again_when_back(
     key: IssuedKey,
     monkeypatch: pytest.MonkeyPatch,
     django_capture_on_commit_callbacks: CaptureCallbacks,
-    enqueued: list[str],
+    enqueued: Announced,
 ) -> None:
     broker_down(monkeypatch)
     action = Action.objects.get(pk=proposed(key, django_capture_on_commit_callbacks))
@@ -71,7 +72,7 @@ def test_requeue_leaves_actions_a_kill_switch_holds(
     book: BookVersion,
     key: IssuedKey,
     django_capture_on_commit_callbacks: CaptureCallbacks,
-    enqueued: list[str],
+    enqueued: Announced,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     action_id = proposed(key, django_capture_on_commit_callbacks)
@@ -97,7 +98,7 @@ def test_requeue__same_stale_action__sent_again_at_most_once_per_threshold(
     book: BookVersion,
     key: IssuedKey,
     django_capture_on_commit_callbacks: CaptureCallbacks,
-    enqueued: list[str],
+    enqueued: Announced,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given an action queued long ago whose message has not been run (a backlog, or lost)
@@ -118,7 +119,7 @@ def test_requeue__running_actions__only_those_whose_lease_ended_long_ago_sent_ag
     book: BookVersion,
     key: IssuedKey,
     django_capture_on_commit_callbacks: CaptureCallbacks,
-    enqueued: list[str],
+    enqueued: Announced,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given three running actions: one whose lease ended two minutes ago (its worker died and

@@ -16,6 +16,7 @@ from apps.books.models import BookVersion
 from apps.registry.models import Agent, Tool, Workflow
 from apps.registry.services import IssuedKey, agent_key_revoke
 from tests.actions.conftest import proposal_body, propose, refund_params
+from tests.announced import Announced
 from tests.factories import REFUND_CONTROLS, make_published_book
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +27,7 @@ def allowed(client: Client, key: IssuedKey, **changes: Any) -> Any:
 
 
 def test_second_proposal__registry_unchanged__reads_none_of_it_again(
-    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     assert allowed(client, key).status_code == 201
     with CaptureQueriesContext(connection) as queries:
@@ -38,7 +39,7 @@ def test_second_proposal__registry_unchanged__reads_none_of_it_again(
 
 def test_tool_taken_away__the_next_proposal_refused(
     client: Client, key: IssuedKey, book: BookVersion, agent: Agent, refund_tool: Tool,
-    enqueued: list[str],
+    enqueued: Announced,
 ) -> None:  # fmt: skip
     assert allowed(client, key).status_code == 201
     agent.tools.remove(refund_tool)
@@ -48,7 +49,7 @@ def test_tool_taken_away__the_next_proposal_refused(
 
 
 def test_key_narrowed__the_next_proposal_refused(
-    client: Client, key: IssuedKey, book: BookVersion, payments: Workflow, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, payments: Workflow, enqueued: Announced
 ) -> None:
     assert allowed(client, key).status_code == 201
     key.record.workflows.set([payments])
@@ -59,7 +60,7 @@ def test_key_narrowed__the_next_proposal_refused(
 
 def test_book_published__the_next_proposal_decided_by_it(
     client: Client, key: IssuedKey, book: BookVersion, refunds: Workflow, risk_user: Any,
-    enqueued: list[str],
+    enqueued: Announced,
 ) -> None:  # fmt: skip
     assert allowed(client, key).json()["book_version"] == 1
     stricter = {
@@ -74,7 +75,7 @@ def test_book_published__the_next_proposal_decided_by_it(
 
 def test_change_rolled_back__leaves_nothing_behind(
     client: Client, key: IssuedKey, book: BookVersion, agent: Agent, refund_tool: Tool,
-    enqueued: list[str],
+    enqueued: Announced,
 ) -> None:  # fmt: skip
     # Given a proposal made inside a transaction that took the tool away, then rolled back
     def refused_then_rolled_back() -> None:
@@ -91,7 +92,7 @@ def test_change_rolled_back__leaves_nothing_behind(
 
 def test_generation_unknown__nothing_kept_answers_still_right(
     client: Client, key: IssuedKey, book: BookVersion, agent: Agent, refund_tool: Tool,
-    enqueued: list[str],
+    enqueued: Announced,
 ) -> None:  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM registry_registrygeneration")
@@ -107,7 +108,7 @@ def test_generation_unknown__nothing_kept_answers_still_right(
 
 
 def test_key_revoked__the_next_request_refused(
-    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     assert allowed(client, key).status_code == 201
     agent_key_revoke(key_id=key.record.pk, actor="system:test")
@@ -117,7 +118,7 @@ def test_key_revoked__the_next_request_refused(
 
 
 def test_agent_paused__the_next_proposal_refused(
-    client: Client, key: IssuedKey, book: BookVersion, agent: Agent, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, agent: Agent, enqueued: Announced
 ) -> None:
     assert allowed(client, key).status_code == 201
     Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.PAUSED)
@@ -125,7 +126,7 @@ def test_agent_paused__the_next_proposal_refused(
 
 
 def test_key_in_use__its_last_use_stamped_once_not_on_every_request(
-    client: Client, key: IssuedKey, book: BookVersion, enqueued: list[str]
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
     allowed(client, key)
     with CaptureQueriesContext(connection) as queries:

@@ -1,8 +1,9 @@
 """OpenTelemetry traces across the hops of an action: the web request that proposes it, the
-Celery task that executes it, the tool's HTTP call, and the system of record (the sandbox, served
-by the live server) answering it, all in one trace, linked through real message and HTTP headers.
-The worker runs in a thread of the test process, so that every span reaches the same in-memory
-exporter. Also: tracing stays off, and costs nothing, unless an OTLP endpoint is configured."""
+worker's run of it (heard from the notice the gate's commit sent), the tool's HTTP call, and the
+system of record (the sandbox, served by the live server) answering it, all in one trace, linked
+through the notice's text and real HTTP headers. The worker runs in a thread of the test process,
+so that every span reaches the same in-memory exporter. Also: tracing stays off, and costs
+nothing, unless an OTLP endpoint is configured."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.test import Client
 from kombu import Queue
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -25,9 +27,11 @@ from opentelemetry.trace import SpanKind
 
 from apps.accounts.roles import Role
 from apps.actions import connectors
+from apps.actions.dispatch import EXECUTE
 from apps.actions.models import Action, Status
 from apps.audit.selectors import flight_record
 from apps.core import tracing
+from apps.core.workers import task_send
 from apps.demo.sandbox import sandbox_seed
 from apps.registry.services import agent_key_create
 from controlplane.celery import app as celery_app
@@ -106,7 +110,7 @@ def test_trace__proposal_to_sandbox__one_trace_across_web_worker_connector_sandb
             lambda: Action.objects.get(pk=action_id).status in (Status.SUCCEEDED, Status.FAILED)
         )
         assert Action.objects.get(pk=action_id).status == Status.SUCCEEDED
-        wait_for(lambda: any(s.name.startswith("task ") for s in spans.get_finished_spans()))
+        wait_for(lambda: any(s.name.startswith("pickup ") for s in spans.get_finished_spans()))
     finally:
         connectors._pool.clear()
 
@@ -118,7 +122,8 @@ def test_trace__proposal_to_sandbox__one_trace_across_web_worker_connector_sandb
         return found
 
     web = one(SpanKind.SERVER, "POST /api/v1/actions")
-    task = one(SpanKind.CONSUMER, "task actions.execute")
+    # (the worker heard the action announced by the gate's commit: no broker message)
+    task = one(SpanKind.CONSUMER, "pickup actions.execute")
     call = one(SpanKind.CLIENT, "POST /sandbox/refunds")
     sandbox = one(SpanKind.SERVER, "POST /sandbox/refunds")
     chain = [web, task, call, sandbox]
@@ -141,6 +146,29 @@ def test_trace__proposal_to_sandbox__one_trace_across_web_worker_connector_sandb
         "action.proposed", "action.approved", "action.queued", "action.running", "action.succeeded"
     ]  # fmt: skip
     assert {trace for _, trace in events} == {trace_id}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("in_process_worker")
+def test_trace__task_through_the_broker__its_span_a_child_of_the_sender(
+    spans: InMemorySpanExporter,
+) -> None:
+    # Given a message sent through the broker inside a span (a retry, the requeue sweep's
+    # reminder), for an action that does not exist
+    with tracing.client_span("send", {}):
+        sender = trace.get_current_span().get_span_context()
+        task_send(EXECUTE, str(uuid.uuid4()))
+
+    # When the worker runs it, the task's span continues the sender's, and records the failure
+    wait_for(lambda: any(s.name == "task actions.execute" for s in spans.get_finished_spans()))
+    (task,) = [s for s in spans.get_finished_spans() if s.name == "task actions.execute"]
+    assert task.kind == SpanKind.CONSUMER
+    assert task.parent is not None
+    assert task.parent.span_id == sender.span_id
+    assert task.context is not None
+    assert task.context.trace_id == sender.trace_id
+    assert task.attributes is not None
+    assert task.attributes["celery.state"] == "FAILURE"
 
 
 @pytest.mark.django_db

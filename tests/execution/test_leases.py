@@ -99,11 +99,15 @@ def test_second_message__action_running_elsewhere__tool_not_called_again_and_suc
     # Then the action ends succeeded, once
     done = wait_for_status(action, Status.SUCCEEDED, Status.FAILED)
     assert done.status == Status.SUCCEEDED, f"{done.error}\n{workers[0].log()}"
-    # ... and once the second delivery has ended too (two task runs finished: the first
-    # delivery, and the second one's), the system of record was called once: the second
-    # found the lease held, came back after its end without calling, and found it finished
+    # ... and once the second delivery has ended too (the first delivery, the worker's pickup
+    # of the announced action, logged its end, and the second, a task, its own), the system of
+    # record was called once: the second found the lease held, came back after its end without
+    # calling, and found it finished
     wait_until(
-        lambda: workers[0].log().count("] succeeded in") >= 2,
+        lambda: (
+            f"pickup: action {action.pk} succeeded" in workers[0].log()
+            and "] succeeded in" in workers[0].log()
+        ),
         "the second delivery ended",
     )
     log = workers[0].log()
@@ -143,9 +147,9 @@ def test_worker_killed_mid_call__reminder_arrives_within_its_lease__waits_then_c
         "the first worker's call reached the sandbox",
     )
 
-    # When that worker is killed mid-call (its message stays unacknowledged in Redis for
-    # the visibility timeout, an hour; its call still lands), and a reminder for the action
-    # reaches the other worker while the dead one's lease still runs
+    # When that worker is killed mid-call (it started the action on hearing it announced, so
+    # no message is left to be redelivered; its call still lands), and a reminder for the
+    # action (the requeue sweep's) reaches the other worker while the dead one's lease still runs
     worker_kill(workers[0])
     sandbox_hold.release()
     execute_action.apply_async((str(action.pk),), queue=other_queue)

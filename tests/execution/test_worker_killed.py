@@ -1,6 +1,8 @@
 """A worker killed in the middle of an action: the action still ends once, with one effect.
 
-Why one refund and not zero or two:
+Here the action comes through the broker (the workers do not listen for announcements, as behind
+a connection pooler; test_leases.py has a worker killed while running an announced action, which
+the requeue sweep sends again). Why one refund and not zero or two:
 - late acknowledgement (`acks_late`): the broker message is acknowledged only when the task
   returns, so a worker that dies mid-call leaves it unacknowledged, and Redis hands it to
   another worker once the visibility timeout has passed: the action is not lost;
@@ -21,6 +23,7 @@ import pytest
 from django.utils import timezone
 
 from apps.actions.models import Action, Status
+from apps.actions.tasks import execute_action
 from apps.sandbox.selectors import effect_count, refunds_for
 from tests.execution.conftest import (
     RAN_ONCE,
@@ -64,13 +67,15 @@ def test_worker_killed_mid_call__redelivered__succeeds_once_with_one_refund(
     env = {
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
         "ACTION_LEASE_MARGIN_SECONDS": str(LEASE_MARGIN_SECONDS),
+        "ACTION_PICKUP": "off",
     }
     world.tool.timeout_seconds = TOOL_TIMEOUT_SECONDS
     world.tool.save()
-    # Given a worker whose prefork child runs the task, and a sandbox that keeps the refund
-    # call in flight until the worker has died
+    # Given a worker whose prefork child runs the task the broker brings (as the requeue sweep
+    # sends it), and a sandbox that keeps the refund call in flight until the worker has died
     workers.append(worker_start(queue=own_queue, name="first", env=env))
     action = propose_refund(world, amount_cents=3_000)
+    execute_action.delay(str(action.pk))
     running = wait_for_status(action, Status.RUNNING)
     assert running.started_at is not None
     assert running.lease_expires_at is not None

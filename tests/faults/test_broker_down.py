@@ -1,14 +1,16 @@
 """Redis (the broker) stops while proposals keep arriving: the API keeps deciding and recording,
-no allowed action is lost, and once Redis is back every allowed action executes exactly once.
+no allowed action is lost, and every allowed action executes exactly once.
 
 The broker here is a Valkey server of the test's own (the embedded servers' binary), killed
 outright (SIGKILL: no shutdown, every message it held gone, every connection reset) and started
 again, empty, on the same port. A real web process (gunicorn) and a real Celery worker use it;
-the system of record is the sandbox, served by the live server.
+the system of record is the sandbox, served by the live server. Twice: with workers that hear
+queued actions announced by PostgreSQL (the default), which keep running them through the
+outage, and with workers that take them from the broker alone (ACTION_PICKUP off).
 
 Why a sweeper and not a transactional outbox: the gate already writes every allowed action
-`queued` in the transaction that decides it, so the actions table is the outbox. The message to
-the broker is only a reminder; a reminder the broker refused or lost is sent again by the
+`queued` in the transaction that decides it, so the actions table is the outbox. The notice and
+the message are only reminders; a reminder the broker refused or lost is sent again by the
 requeue sweep (apps/actions/requeue.py) once the action has been queued for
 ACTION_REQUEUE_AFTER_SECONDS. Exactly once comes from the claim (queued -> running, one
 conditional UPDATE) and the downstream idempotency key, not from the broker delivering once."""
@@ -129,9 +131,19 @@ def queue() -> str:
 
 
 @pytest.fixture
-def web(transactional_db: Any, broker: RedisServer, queue: str) -> Iterator[WebProcess]:
+def pickup(request: pytest.FixtureRequest) -> str:
+    """ACTION_PICKUP for the web process and the worker: "on" (the default) unless a test
+    parametrizes it."""
+    value: str = getattr(request, "param", "on")
+    return value
+
+
+@pytest.fixture
+def web(
+    transactional_db: Any, broker: RedisServer, queue: str, pickup: str
+) -> Iterator[WebProcess]:
     """gunicorn serving the product, its broker the test's Redis."""
-    process = web_start(env=services_env(broker, queue))
+    process = web_start(env=services_env(broker, queue, pickup))
     try:
         yield process
     finally:
@@ -139,15 +151,15 @@ def web(transactional_db: Any, broker: RedisServer, queue: str) -> Iterator[WebP
 
 
 @pytest.fixture
-def worker(transactional_db: Any, broker: RedisServer, queue: str) -> Iterator[Worker]:
-    process = worker_start_on(broker, queue=queue)
+def worker(transactional_db: Any, broker: RedisServer, queue: str, pickup: str) -> Iterator[Worker]:
+    process = worker_start_on(broker, queue=queue, pickup=pickup)
     try:
         yield process
     finally:
         worker_stop(process)
 
 
-def worker_start_on(broker: RedisServer, *, queue: str) -> Worker:
+def worker_start_on(broker: RedisServer, *, queue: str, pickup: str) -> Worker:
     """A real `celery worker` on `queue`, its broker the test's Redis; waits until it answers a
     ping sent through that broker."""
     node = f"broker-down-{queue}@localhost"
@@ -161,7 +173,7 @@ def worker_start_on(broker: RedisServer, *, queue: str) -> Worker:
                 "--queues", queue, "--loglevel", "INFO", "--without-mingle", "--without-gossip",
             ],
             cwd=ROOT,
-            env={**os.environ, **services_env(broker, queue)},
+            env={**os.environ, **services_env(broker, queue, pickup)},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -183,8 +195,9 @@ def answers_ping(broker: RedisServer, node: str) -> bool:
         return False  # (this client's own connection went down with the server: next time)
 
 
-def services_env(broker: RedisServer, queue: str) -> dict[str, str]:
+def services_env(broker: RedisServer, queue: str, pickup: str) -> dict[str, str]:
     return {
+        "ACTION_PICKUP": pickup,
         "DATABASE_URL": database_url_for_subprocess(),
         "REDIS_URL": broker.url,
         "CELERY_QUEUE": queue,
@@ -245,11 +258,34 @@ def verbs_of(action_id: str) -> list[str]:
     )
 
 
+def each_ran_once(action_ids: list[str], sandbox_requests: list[SandboxRequest]) -> None:
+    """Every one of these allowed actions ran exactly once: one claim, one attempt, one call to
+    the system of record with its idempotency key, one effect there; and nothing else called."""
+    actions = {str(action.pk): action for action in Action.objects.filter(pk__in=action_ids)}
+    for action_id in action_ids:
+        action = actions[action_id]
+        assert action.attempts == 1, action_id
+        assert verbs_of(action_id).count("action.running") == 1, action_id
+        assert verbs_of(action_id).count("action.succeeded") == 1, action_id
+        assert calls_with(sandbox_requests, action.downstream_key) == 1, action_id
+        assert effect_count(action.downstream_key) == 1, action_id
+    assert len(sandbox_requests) == len(action_ids)
+
+
+def proposed_before_the_outage(world: World, web: WebProcess) -> tuple[str, list[str]]:
+    """A new key of refund-bot, and three refunds proposed with it and run."""
+    key = agent_key_create(agent=world.key.agent, actor="system:test").key
+    before = [propose_allowed(web, key, f"before-{n}") for n in range(3)]
+    wait_until(lambda: all_succeeded(before), "the refunds proposed before the outage ran")
+    return key, before
+
+
 def send_requeue_sweep(broker: RedisServer, queue: str) -> None:
     """What the scheduler does every 30 s: send the `actions.requeue` task, for a worker to run."""
     broker.celery.send_task(requeue_actions.name, queue=queue)
 
 
+@pytest.mark.parametrize("pickup", ["off"], indirect=True)
 def test_redis_stops_while_proposals_arrive__all_decided_recorded_then_each_runs_once(
     world: World,
     broker: RedisServer,
@@ -259,10 +295,9 @@ def test_redis_stops_while_proposals_arrive__all_decided_recorded_then_each_runs
     sandbox_requests: list[SandboxRequest],
 ) -> None:
     # Given refund-bot with a key, and a web process and a worker on the test's own Redis, which
-    # run the refunds proposed to them
-    key = agent_key_create(agent=world.key.agent, actor="system:test").key
-    before = [propose_allowed(web, key, f"before-{n}") for n in range(3)]
-    wait_until(lambda: all_succeeded(before), "the refunds proposed before the outage ran")
+    # run the refunds proposed to them through the broker alone (the worker does not listen for
+    # announcements, as behind a connection pooler)
+    key, before = proposed_before_the_outage(world, web)
 
     # When Redis dies, and refund-bot keeps proposing
     broker.kill()
@@ -315,14 +350,38 @@ def test_redis_stops_while_proposals_arrive__all_decided_recorded_then_each_runs
 
     # ... and every allowed action ran exactly once: one claim, one attempt, one call to the
     # system of record with its idempotency key, one refund there; the held one none
-    every = before + during + after
-    actions = {str(action.pk): action for action in Action.objects.filter(pk__in=every)}
-    for action_id in every:
-        action = actions[action_id]
-        assert action.attempts == 1, action_id
-        assert verbs_of(action_id).count("action.running") == 1, action_id
-        assert verbs_of(action_id).count("action.succeeded") == 1, action_id
-        assert calls_with(sandbox_requests, action.downstream_key) == 1, action_id
-        assert effect_count(action.downstream_key) == 1, action_id
-    assert len(sandbox_requests) == len(every)
+    each_ran_once(before + during + after, sandbox_requests)
     assert statuses([held_answer["id"]]) == [Status.PENDING_REVIEW]
+
+
+def test_redis_stops__workers_that_listen_run_every_allowed_action_meanwhile__once(
+    world: World,
+    broker: RedisServer,
+    web: WebProcess,
+    worker: Worker,
+    sandbox_requests: list[SandboxRequest],
+) -> None:
+    # Given refund-bot with a key, and a web process and a worker listening for the actions
+    # PostgreSQL announces, both on the test's own Redis
+    key, before = proposed_before_the_outage(world, web)
+
+    # When Redis dies, and refund-bot keeps proposing
+    broker.kill()
+    during = [propose_allowed(web, key, f"during-{n}", timeout=ANSWER_TIMEOUT) for n in range(5)]
+
+    # Then every proposal got its answer at once, and each runs all the same: the worker heard
+    # it from PostgreSQL, no broker in the path
+    wait_until(lambda: all_succeeded(during), "the refunds proposed during the outage ran")
+    assert "broker refused action" not in web.log()
+    for action_id in during:
+        assert f"pickup: action {action_id} succeeded" in worker.log()
+
+    # When Redis is back, empty, new proposals run as before
+    broker.start()
+    after = [propose_allowed(web, key, f"after-{n}") for n in range(3)]
+    wait_until(lambda: all_succeeded(after), "the refunds proposed after the outage ran")
+    assert worker.process.poll() is None
+    assert web.process.poll() is None
+
+    # ... and every allowed action ran exactly once
+    each_ran_once(before + during + after, sandbox_requests)

@@ -11,7 +11,6 @@ from apps.registry.models import Tool
 from tests.actions.conftest import (
     agent,
     book,
-    enqueued,
     key,
     payments,
     refund_tool,
@@ -25,7 +24,6 @@ __all__ = [
     "agent",
     "alice",
     "book",
-    "enqueued",
     "frank",
     "key",
     "payments",

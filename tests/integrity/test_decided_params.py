@@ -34,6 +34,7 @@ from apps.reviews.services import (
 )
 from tests.actions import tools
 from tests.actions.conftest import proposal, proposal_body, propose, refund_params
+from tests.announced import Announced
 from tests.conftest import PASSWORD
 from tests.factories import REFUND_CONTROLS
 
@@ -167,7 +168,7 @@ def test_propose__integral_float_on_a_raw_cedar_param__held(
 
 @pytest.mark.parametrize("amount_cents", [90_000, 100_000_000])
 def test_edit_approve__to_an_amount_the_book_denies__refused_naming_the_policy(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str], amount_cents: int
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced, amount_cents: int
 ) -> None:
     # Given a held 300.00 EUR refund
     item = held(key, 30_000)
@@ -179,7 +180,7 @@ def test_edit_approve__to_an_amount_the_book_denies__refused_naming_the_policy(
     assert "issue_refund-never-above-50000" in refused.value.errors[0][1]
     action = reload(item.action)
     assert (action.status, action.params["amount_cents"]) == (Status.PENDING_REVIEW, 30_000)
-    assert enqueued == []
+    assert enqueued.ids() == []
     assert not ReviewDecision.objects.filter(item=item).exists()
 
 
@@ -198,7 +199,7 @@ def test_edit_approve__to_an_amount_the_book_allows__runs_exactly_the_edit(
 
 
 def test_approve__after_the_book_changed_to_deny__refused(
-    book: BookVersion, key: IssuedKey, alice: User, risk_user: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, risk_user: User, enqueued: Announced
 ) -> None:
     # Given a refund held under version 1 (caps 50.00 / 500.00 EUR)
     item = held(key, 30_000)
@@ -208,11 +209,11 @@ def test_approve__after_the_book_changed_to_deny__refused(
         review_decide(item_id=item.pk, user=alice, given=APPROVE)
     # Then nothing runs
     assert reload(item.action).status == Status.PENDING_REVIEW
-    assert enqueued == []
+    assert enqueued.ids() == []
 
 
 def test_approve__after_the_book_changed__decided_and_recorded_under_the_new_version(
-    book: BookVersion, key: IssuedKey, alice: User, risk_user: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, risk_user: User, enqueued: Announced
 ) -> None:
     # Given a refund held under version 1
     item = held(key, 30_000)
@@ -235,7 +236,7 @@ def failed_with_fallback(key: IssuedKey) -> ReviewItem:
 
 
 def test_fallback_retry__edited_to_a_denied_amount__refused(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced
 ) -> None:
     # Given a refund that failed and waits for its escalation owner
     item = failed_with_fallback(key)
@@ -245,11 +246,11 @@ def test_fallback_retry__edited_to_a_denied_amount__refused(
         review_decide(item_id=item.pk, user=alice, given=edit(amount_cents=900_000))
     # Then no new action exists and nothing is queued
     assert Action.objects.count() == 1
-    assert enqueued == []
+    assert enqueued.ids() == []
 
 
 def test_fallback_retry__run_again__decided_by_the_active_book(
-    book: BookVersion, key: IssuedKey, alice: User, risk_user: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, risk_user: User, enqueued: Announced
 ) -> None:
     # Given a failed refund, and a book that now denies refunds above 20.00 EUR
     item = failed_with_fallback(key)
@@ -264,7 +265,7 @@ def test_fallback_retry__run_again__decided_by_the_active_book(
         review_decide(item_id=item.pk, user=alice, given=APPROVE)
     # Then it is refused: the retry would not be decided
     assert Action.objects.count() == 1
-    assert enqueued == []
+    assert enqueued.ids() == []
 
 
 # -- 3. The red zone: two people who saw the params that run ---------------------------------
@@ -276,7 +277,7 @@ def red_book(book: BookVersion, risk_user: User) -> BookVersion:
 
 
 def test_red_zone__second_approver_edits_the_subject__approvals_start_again(
-    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
+    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: Announced
 ) -> None:
     # Given a red-zone refund of order 1042 that alice approved
     item = held(key, 3_000)
@@ -294,7 +295,7 @@ def test_red_zone__second_approver_edits_the_subject__approvals_start_again(
     action = reload(item.action)
     assert action.status == Status.PENDING_REVIEW
     assert (action.params["order_id"], action.subject) == ("1043", "order:1043")
-    assert enqueued == []
+    assert enqueued.ids() == []
     with pytest.raises(ReviewForbidden, match="already approved these params"):
         review_decide(item_id=item.pk, user=frank, given=APPROVE)
 
@@ -307,7 +308,7 @@ def test_red_zone__second_approver_edits_the_subject__approvals_start_again(
 
 
 def test_red_zone__an_expired_first_approval__no_longer_counts(
-    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
+    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: Announced
 ) -> None:
     # Given a red-zone item alice approved, her approval since expired
     item = held(key, 3_000)
@@ -317,14 +318,14 @@ def test_red_zone__an_expired_first_approval__no_longer_counts(
     result = review_decide(item_id=item.pk, user=frank, given=APPROVE)
     # Then his is the only approval that counts: one more person must approve
     assert result.final is False
-    assert enqueued == []
+    assert enqueued.ids() == []
 
 
 # -- 4. The worker runs what was decided, while the approval holds ---------------------------
 
 
 def test_execute__params_changed_after_the_decision__nothing_runs(
-    book: BookVersion, key: IssuedKey, in_process: Tool, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, in_process: Tool, enqueued: Announced
 ) -> None:
     # Given an allowed 30.00 EUR refund, queued
     action = action_propose(key=key.record, proposal=proposal()).action
@@ -340,7 +341,7 @@ def test_execute__params_changed_after_the_decision__nothing_runs(
 
 
 def test_execute__approval_expired_before_the_run__nothing_runs(
-    book: BookVersion, key: IssuedKey, alice: User, in_process: Tool, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, in_process: Tool, enqueued: Announced
 ) -> None:
     # Given a held refund approved and queued, whose approval expired before a worker took it
     item = held(key, 30_000)
@@ -360,7 +361,7 @@ def test_execute__approval_expired_before_the_run__nothing_runs(
 
 
 def test_approval__records_digest_version_and_expiry(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str], settings: Any
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced, settings: Any
 ) -> None:
     # Given approvals that hold for 15 minutes
     settings.REVIEW_APPROVAL_TTL_MINUTES = 15
@@ -425,7 +426,7 @@ def test_claim__by_the_agents_owner__refused(
 
 
 def test_edit_form__shows_and_reads_major_units__unchanged_submit_changes_nothing(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced
 ) -> None:
     # Given a held 300.00 EUR refund stored, as before params were normalized, as a float
     item = held(key, 30_000)
@@ -454,7 +455,7 @@ def test_edit_form__shows_and_reads_major_units__unchanged_submit_changes_nothin
     [("1e9999", "must be at most"), ("NaN", "must be an amount"), ("12.345", "at most 2 decimals")],
 )
 def test_edit_form__out_of_range_amount__form_error_not_500(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str], typed: str, message: str
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced, typed: str, message: str
 ) -> None:
     # Given a held refund
     item = held(key, 30_000)
@@ -469,11 +470,11 @@ def test_edit_form__out_of_range_amount__form_error_not_500(
     assert response.status_code == 422
     assert message in response.content.decode()
     assert reload(item.action).params["amount_cents"] == 30_000
-    assert enqueued == []
+    assert enqueued.ids() == []
 
 
 def test_red_zone__approve_from_a_page_opened_before_an_edit__refused(
-    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
+    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: Announced
 ) -> None:
     # Given alice has the item of a red-zone refund of order 1042 open
     item = held(key, 3_000)
@@ -500,7 +501,7 @@ def test_red_zone__approve_from_a_page_opened_before_an_edit__refused(
 
 
 def test_red_zone__page_after_an_edit__first_approver_may_approve_the_new_params(
-    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
+    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: Announced
 ) -> None:
     # Given a red-zone refund alice approved, then frank edited to order 1043
     item = held(key, 3_000)

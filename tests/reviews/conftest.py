@@ -19,7 +19,6 @@ from apps.reviews.models import ReviewItem
 from tests.actions.conftest import (  # noqa: F401 (fixtures)
     agent,
     book,
-    enqueued,
     key,
     payments,
     proposal,

@@ -27,6 +27,7 @@ from apps.reviews.services import (
     review_unclaim,
 )
 from tests.actions.conftest import refund_params
+from tests.announced import Announced
 from tests.factories import REFUND_CONTROLS
 from tests.reviews.conftest import hold, reload
 
@@ -54,7 +55,7 @@ def test_review_decide__approve__action_queued_at_once(
     book: BookVersion,
     key: IssuedKey,
     alice: User,
-    enqueued: list[str],
+    enqueued: Announced,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     item = hold(key)
@@ -63,7 +64,7 @@ def test_review_decide__approve__action_queued_at_once(
     action = reload(item.action)
     assert result.final
     assert action.status == Status.QUEUED
-    assert enqueued == [str(action.pk)]
+    assert enqueued.ids() == [str(action.pk)]
     item.refresh_from_db()
     assert (item.state, item.outcome) == (State.DECIDED, Verdict.APPROVE)
     assert item.closed_at is not None
@@ -72,16 +73,16 @@ def test_review_decide__approve__action_queued_at_once(
 
 
 def test_review_decide__reject__action_rejected_and_nothing_runs(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced
 ) -> None:
     item = hold(key)
     review_decide(item_id=item.pk, user=alice, given=REJECT)
     assert reload(item.action).status == Status.REJECTED
-    assert enqueued == []
+    assert enqueued.ids() == []
 
 
 def test_review_decide__edit_approve__edited_params_run_and_diff_recorded(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced
 ) -> None:
     item = hold(key, amount_cents=12_000)
     edited = refund_params(amount_cents=9_000)
@@ -219,7 +220,7 @@ def red_book(book: BookVersion, risk_user: User) -> BookVersion:
 
 
 def test_review_decide__red_zone_item__needs_two_different_approvers(
-    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str]
+    red_book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: Announced
 ) -> None:
     item = hold(key, amount_cents=3_000)  # red zone: held whatever the amount
     assert (item.zone, item.approvals_required) == ("red", 2)
@@ -231,7 +232,7 @@ def test_review_decide__red_zone_item__needs_two_different_approvers(
     assert item.state == State.OPEN
     assert item.claimed_by is None
     assert reload(item.action).status == Status.PENDING_REVIEW
-    assert enqueued == []
+    assert enqueued.ids() == []
 
     with pytest.raises(ReviewForbidden, match="second, different person"):
         review_decide(item_id=item.pk, user=alice, given=APPROVE)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.test import Client
 
 from apps.actions.callbacks import callback_deliver
@@ -25,6 +26,7 @@ from apps.registry.services import IssuedKey
 from apps.reviews.items import review_open
 from apps.reviews.models import Kind, ReviewItem, State, Verdict
 from apps.reviews.services import DecisionInput, review_decide
+from tests.announced import Announced
 from tests.reviews.conftest import hold, reload
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +40,7 @@ def test_action_execute__tool_unreachable__fallback_item_for_the_escalation_owne
     alice: User,
     risk_user: User,
     refund_tool: Tool,
-    enqueued: list[str],
+    enqueued: Announced,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     # The tool points at a loopback port nothing listens on, and is not retried.
@@ -75,7 +77,7 @@ def test_action_execute__tool_unreachable__fallback_item_for_the_escalation_owne
     assert retry.downstream_key != action.downstream_key
     item.refresh_from_db()
     assert item.retry_id == retry.pk
-    assert enqueued[-1] == str(retry.pk)
+    assert enqueued.ids()[-1] == str(retry.pk)
     assert reload(action).status == Status.FAILED  # the original stays as it ended
 
 
@@ -100,15 +102,16 @@ def test_action_propose__tool_circuit_open__fallback_held_for_the_owner(
 
 
 def test_review_decide__spot_check_rejected__rework_recorded_and_nothing_runs(
-    book: BookVersion, key: IssuedKey, alice: User, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, alice: User, enqueued: Announced
 ) -> None:
     from apps.actions.gate import action_propose
     from tests.actions.conftest import proposal
 
     action = action_propose(key=key.record, proposal=proposal()).action
-    for status in (Status.RUNNING, Status.SUCCEEDED):
-        transition(action, status, actor="system:test")
-    item = review_open(action, Kind.SPOT_CHECK, actor="system:test")
+    with transaction.atomic():
+        for status in (Status.RUNNING, Status.SUCCEEDED):
+            transition(action, status, actor="system:test")
+        item = review_open(action, Kind.SPOT_CHECK, actor="system:test")
     decided = review_decide(
         item_id=item.pk,
         user=alice,
@@ -236,7 +239,7 @@ def test_make_agent__two_agents__each_has_its_own_callback_secret(
 
 
 def test_propose__allowed_for_an_agent_with_a_callback_url__no_callback_for_the_answer(
-    book: BookVersion, key: IssuedKey, agent: Agent, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, agent: Agent, enqueued: Announced
 ) -> None:
     # Given an agent with a callback URL
     agent.callback_url = "http://127.0.0.1:9/outcomes"
@@ -256,7 +259,7 @@ def test_fallback_retry__agent_with_a_callback_url__approval_of_the_new_action_r
     key: IssuedKey,
     alice: User,
     agent: Agent,
-    enqueued: list[str],
+    enqueued: Announced,
     django_capture_on_commit_callbacks: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -267,9 +270,10 @@ def test_fallback_retry__agent_with_a_callback_url__approval_of_the_new_action_r
     from tests.actions.conftest import proposal
 
     action = action_propose(key=key.record, proposal=proposal()).action
-    transition(action, Status.RUNNING, actor="system:test")
-    transition(action, Status.FAILED, actor="system:test", error="HTTP 503")
-    item = review_open(action, Kind.FALLBACK, error="HTTP 503", actor="system:test")
+    with transaction.atomic():
+        transition(action, Status.RUNNING, actor="system:test")
+        transition(action, Status.FAILED, actor="system:test", error="HTTP 503")
+        item = review_open(action, Kind.FALLBACK, error="HTTP 503", actor="system:test")
     sent: list[int] = []
     monkeypatch.setattr("apps.actions.tasks.deliver_callback.delay", sent.append)
     # When a person approves running it again

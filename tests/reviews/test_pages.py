@@ -15,6 +15,7 @@ from apps.actions.models import Status
 from apps.books.models import BookVersion
 from apps.registry.services import IssuedKey
 from apps.reviews.models import ReviewDecision, State
+from tests.announced import Announced
 from tests.reviews.conftest import hold, reload
 
 pytestmark = pytest.mark.django_db
@@ -107,7 +108,7 @@ def test_item_page__earlier_actions_on_the_subject__shown(
 
 
 def test_decide_page__edited_amount__edited_params_queued(
-    book: BookVersion, key: IssuedKey, client_for: Any, enqueued: list[str]
+    book: BookVersion, key: IssuedKey, client_for: Any, enqueued: Announced
 ) -> None:
     item = hold(key, amount_cents=12_000)
     client = client_for(Role.SUPERVISOR)

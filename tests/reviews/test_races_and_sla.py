@@ -16,6 +16,7 @@ from apps.books.models import BookVersion
 from apps.registry.services import IssuedKey
 from apps.reviews.models import ReviewDecision, State, Verdict
 from apps.reviews.services import DecisionInput, ReviewConflict, review_decide, reviews_sweep
+from tests.announced import Announced
 from tests.concurrency import at_once
 from tests.conftest import make_user
 from tests.reviews.conftest import hold, reload
@@ -27,7 +28,7 @@ REJECT = DecisionInput(verdict=Verdict.REJECT, reason_code="duplicate")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("rounds", range(3))
 def test_review_decide__two_supervisors_at_once__exactly_one_wins(
-    book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: list[str], rounds: int
+    book: BookVersion, key: IssuedKey, alice: User, frank: User, enqueued: Announced, rounds: int
 ) -> None:
     item = hold(key)
     people = [alice, frank]
@@ -48,12 +49,12 @@ def test_review_decide__two_supervisors_at_once__exactly_one_wins(
     assert [d.user for d in decisions] == [winner]
     status = reload(item.action).status
     assert status == (Status.QUEUED if winner == alice else Status.REJECTED)
-    assert enqueued == ([str(item.action_id)] if winner == alice else [])
+    assert enqueued.ids() == ([str(item.action_id)] if winner == alice else [])
 
 
 @pytest.mark.django_db(transaction=True)
 def test_review_decide__four_supervisors_on_a_red_item__exactly_two_approvals(
-    book: BookVersion, key: IssuedKey, enqueued: list[str], risk_user: User
+    book: BookVersion, key: IssuedKey, enqueued: Announced, risk_user: User
 ) -> None:
     from apps.books.services import book_publish, draft_create, draft_update
     from tests.factories import REFUND_CONTROLS
@@ -80,7 +81,7 @@ def test_review_decide__four_supervisors_on_a_red_item__exactly_two_approvals(
     assert sorted(outcomes) == ["conflict", "conflict", "final", "first"]
     assert ReviewDecision.objects.filter(item=item).count() == 2
     assert reload(item.action).status == Status.QUEUED
-    assert enqueued == [str(item.action_id)]
+    assert enqueued.ids() == [str(item.action_id)]
 
 
 @pytest.mark.django_db
@@ -103,7 +104,7 @@ def test_reviews_sweep__overdue_item__escalated_to_the_owner_once(
 
 @pytest.mark.django_db
 def test_reviews_sweep__past_expiry__expired_never_approved(
-    book: BookVersion, key: IssuedKey, enqueued: list[str], alice: User
+    book: BookVersion, key: IssuedKey, enqueued: Announced, alice: User
 ) -> None:
     item = hold(key)
     report = reviews_sweep(now=item.expires_at + timedelta(seconds=1))
@@ -112,7 +113,7 @@ def test_reviews_sweep__past_expiry__expired_never_approved(
     item.refresh_from_db()
     assert item.state == State.EXPIRED
     assert reload(item.action).status == Status.EXPIRED
-    assert enqueued == []
+    assert enqueued.ids() == []
     with pytest.raises(ReviewConflict, match="expired before anyone decided"):
         review_decide(item_id=item.pk, user=alice, given=APPROVE)
 

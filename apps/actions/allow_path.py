@@ -17,14 +17,18 @@ refusing circuit (apps/actions/breaker.py: CIRCUIT_REFUSING_SQL)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import Field
+from django.db.models import Field, JSONField
 
 from apps.actions.breaker import CIRCUIT_REFUSING_SQL, circuit_cooling_since
 from apps.actions.dispatch import announcement
@@ -33,10 +37,6 @@ from apps.actions.states import Actor, insert_record, path_end
 from apps.audit.services import audit_collected, audit_rows
 from apps.core.workers import task_channel
 from apps.killswitches.coverage import COVERING_SQL
-
-# Each value names its column's type (text for text columns, whose length PostgreSQL then
-# checks on assignment), so that a parameter in the SELECT the row is written from has a type.
-_TEXT_TYPES = ("varchar", "text")
 
 
 @dataclass(frozen=True)
@@ -50,24 +50,38 @@ class Stopped:
 
 @cache
 def _action_columns() -> tuple[tuple[Field[Any, Any], ...], str, str]:
-    """The action's fields, their columns, and the SELECT list that writes them: the same in
-    every statement, so composed once per process."""
+    """The action's fields, their columns, and the SELECT list that reads them from the row
+    `r` the action's JSON makes: the same in every statement, so composed once per process."""
     fields = tuple(Action._meta.concrete_fields)
-    columns: list[str] = []
-    values: list[str] = []
+    columns = [connection.ops.quote_name(str(field.column)) for field in fields]
+    return fields, ", ".join(columns), ", ".join(f"r.{column}" for column in columns)
+
+
+def _json_value(value: Any) -> Any:
+    """A column's database value as JSON gives it to PostgreSQL, which parses it back into the
+    column's type (checking a varchar's length as an INSERT would)."""
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def action_json(action: Action) -> str:
+    """The new action's row as one JSON object, column by column, as the ORM's INSERT would
+    write it (defaults, `auto_now`, the database form of each value). One parameter rather than
+    one per column: a statement of few parameters is parsed once per process by psycopg."""
+    fields, _, _ = _action_columns()
+    row: dict[str, Any] = {}
     for field in fields:
-        columns.append(connection.ops.quote_name(str(field.column)))
-        db_type = str(field.db_type(connection))
-        values.append("%s::text" if db_type.startswith(_TEXT_TYPES) else f"%s::{db_type}")
-    return fields, ", ".join(columns), ", ".join(values)
-
-
-def _action_row(action: Action) -> tuple[str, str, list[Any]]:
-    """The action's columns, the SELECT list that writes them, and its params, as the ORM's
-    INSERT would write them (defaults, `auto_now`, the database form of each value)."""
-    fields, columns, values = _action_columns()
-    params = [field.get_db_prep_save(field.pre_save(action, True), connection) for field in fields]
-    return columns, values, params
+        value = field.pre_save(action, True)
+        if isinstance(field, JSONField):
+            if field.encoder is not None and value is not None:
+                value = json.loads(json.dumps(value, cls=field.encoder))
+            row[str(field.column)] = value
+        else:
+            row[str(field.column)] = _json_value(field.get_db_prep_save(value, connection))
+    return json.dumps(row, separators=(",", ":"))
 
 
 def action_insert_unless_stopped(
@@ -85,12 +99,13 @@ def action_insert_unless_stopped(
     action.status = path_end(action, path)
     with audit_collected() as events:
         insert_record(action, path, actor=actor, decider=decider, proposed=proposed, reported=False)
-    columns, values, action_params = _action_row(action)
+    _, columns, values = _action_columns()
     event_columns, event_rows, event_params = audit_rows(events)
     statement = (
         f"WITH stop AS (SELECT EXISTS ({COVERING_SQL}) AS switched,"  # noqa: S608 (constants)
         f" EXISTS ({CIRCUIT_REFUSING_SQL}) AS broken),"
-        f" written AS (INSERT INTO actions_action ({columns}) SELECT {values} FROM stop"
+        f" written AS (INSERT INTO actions_action ({columns}) SELECT {values}"
+        " FROM stop, json_populate_record(NULL::actions_action, %s::json) AS r"
         " WHERE NOT stop.switched AND NOT stop.broken RETURNING pg_notify(%s, %s)),"
         f" recorded AS (INSERT INTO audit_auditevent {event_columns}"
         f" SELECT * FROM (VALUES {event_rows}) AS e WHERE EXISTS (SELECT FROM written))"
@@ -102,7 +117,7 @@ def action_insert_unless_stopped(
         action.tool.slug,
         action.tool_id,
         circuit_cooling_since(action.tool),
-        *action_params,
+        action_json(action),
         task_channel(),
         announcement(action.pk),
         *event_params,

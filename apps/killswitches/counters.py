@@ -2,8 +2,8 @@
 
 A window of W seconds is kept as a handful of buckets (W / resolution seconds each); counting
 adds one to the current bucket and sums the buckets the window spans. In Redis (REDIS_URL) the
-increments, expiries and reads of every window go in one pipeline, so all web processes count
-together.
+increments, expiries and reads of every window are one script (one command, one answer), so all
+web processes count together.
 
 A counter that cannot be reached answers None: the firewall then lets the proposal through
 (kill switches do not depend on it) and logs why."""
@@ -35,13 +35,41 @@ class Window:
     def spans(self) -> int:
         return max(1, -(-self.seconds // self.bucket))
 
-    def buckets_at(self, now: float) -> list[int]:
-        current = int(now // self.bucket)
-        return [current - offset for offset in range(self.spans)]
+    def current(self, now: float) -> int:
+        return int(now // self.bucket)
 
 
 def window(name: str, seconds: int, buckets: int = 10) -> Window:
     return Window(name, seconds, max(1, seconds // buckets))
+
+
+# One script, so that a proposal costs one short command and one answer however many windows
+# and buckets it is counted in. ARGV: 1 to add one (0 to read only), then for each window its
+# keys' prefix, its current bucket, how many buckets it spans and the current one's expiry.
+# (The script names the bucket keys itself: fine on one Redis server, which is what the
+# firewall uses; a Redis Cluster would want them declared.)
+_ADD_SCRIPT = """
+local bump = ARGV[1] == '1'
+local totals = {}
+for position = 2, #ARGV, 4 do
+  local prefix, current = ARGV[position], tonumber(ARGV[position + 1])
+  local spans, expiry = tonumber(ARGV[position + 2]), tonumber(ARGV[position + 3])
+  local keys = {}
+  for offset = 0, spans - 1 do
+    keys[#keys + 1] = prefix .. (current - offset)
+  end
+  if bump then
+    redis.call('INCR', keys[1])
+    redis.call('EXPIRE', keys[1], expiry)
+  end
+  local total = 0
+  for _, value in ipairs(redis.call('MGET', unpack(keys))) do
+    if value then total = total + tonumber(value) end
+  end
+  totals[#totals + 1] = total
+end
+return totals
+"""
 
 
 class Counters:
@@ -49,25 +77,24 @@ class Counters:
         self._client = redis.Redis.from_url(
             url, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=30
         )
+        self._add = self._client.register_script(_ADD_SCRIPT)
 
     def add(self, subject: str, windows: Sequence[Window], *, bump: bool = True) -> list[int]:
         """Add one to each window's current bucket (unless bump is False) and return each
-        window's total."""
+        window's total, in one script run by Redis."""
         now = time.time()
-        pipe = self._client.pipeline(transaction=False)
+        args: list[str | int] = [1 if bump else 0]
         for each in windows:
-            keys = [_key(subject, each, index) for index in each.buckets_at(now)]
-            if bump:
-                pipe.incr(keys[0])
-                pipe.expire(keys[0], each.seconds + each.bucket)
-            pipe.mget(keys)
-        answers = pipe.execute()
-        totals = []
-        step = 3 if bump else 1
-        for position in range(len(windows)):
-            values = answers[position * step + step - 1]
-            totals.append(sum(int(value) for value in values if value is not None))
-        return totals
+            args.extend(
+                (
+                    _key(subject, each, ""),
+                    each.current(now),
+                    each.spans,
+                    each.seconds + each.bucket,
+                )
+            )
+        totals = self._add(keys=[], args=args)
+        return [int(total) for total in totals]
 
     def clear(self, subject: str) -> None:
         keys = list(self._client.scan_iter(match=f"{KEY_PREFIX}{subject}:*", count=500))
@@ -75,7 +102,7 @@ class Counters:
             self._client.delete(*keys)
 
 
-def _key(subject: str, each: Window, index: int) -> str:
+def _key(subject: str, each: Window, index: int | str) -> str:
     return f"{KEY_PREFIX}{subject}:{each.name}:{each.bucket}:{index}"
 
 

@@ -76,12 +76,38 @@ def events_of(action: Action) -> list[tuple[str, str, str, Any]]:
     )
 
 
+@pytest.mark.parametrize(
+    ("params", "reasoning", "confidence"),
+    [
+        (
+            {"order_id": "1042", "amount_cents": 3000, "currency": "EUR", "reason": "ü"},
+            "why",
+            "0.93",
+        ),
+        (
+            {"reason": 'a "quoted" \\ back\nslash', "nested": [1, 2.5, None, {"k": True}]},
+            "line one\nline two 'quoted' \u2603 \U0001f600",
+            "1",
+        ),
+        ({"big": 2**62, "empty": {}, "list": []}, "", "0.0001"),
+    ],
+    ids=["plain", "quotes-backslashes-unicode", "edges"],
+)
 def test_allow_path__row_and_events__the_same_as_the_full_path_writes(
-    agent: Agent, refunds: Workflow, refund_tool: Tool, book: BookVersion
+    agent: Agent,
+    refunds: Workflow,
+    refund_tool: Tool,
+    book: BookVersion,
+    params: dict[str, Any],
+    reasoning: str,
+    confidence: str,
 ) -> None:
     # Given two identical new actions
     one_statement = new_action(agent, refunds, refund_tool, book)
     full_path = new_action(agent, refunds, refund_tool, book)
+    for action in (one_statement, full_path):
+        action.params, action.reasoning = params, reasoning
+        action.confidence = Decimal(confidence)
     full_path.idempotency_key = "k-2"
     # When one is written by the allow path and the other by the full path's insert
     assert write(one_statement) is None
@@ -110,6 +136,20 @@ def test_allow_path__row_and_events__the_same_as_the_full_path_writes(
         "action.approved",
         "action.queued",
     ]
+
+
+def test_allow_path__value_longer_than_its_column__refused_and_nothing_written(
+    agent: Agent, refunds: Workflow, refund_tool: Tool, book: BookVersion
+) -> None:
+    # Given an action whose subject is longer than its column (200 characters)
+    action = new_action(agent, refunds, refund_tool, book)
+    action.subject = "s" * 201
+    # When the allow path writes it, PostgreSQL refuses it naming the type
+    with pytest.raises(DatabaseError, match=r"character varying\(200\)"):
+        write(action)
+    # Then nothing was written
+    assert not Action.objects.exists()
+    assert not AuditEvent.objects.filter(target_type="actions.action").exists()
 
 
 @pytest.mark.parametrize("scope", ["global", "workflow", "agent", "tool"])

@@ -7,6 +7,7 @@ These tests commit (the quarantine runs in its own transaction once the gate's h
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -125,6 +126,26 @@ def test_counters__window_sums_recent_buckets_only() -> None:
     finally:
         store.clear(a)
         store.clear(b)
+
+
+def test_counters__two_windows_in_one_command__each_summed_and_its_bucket_expiring() -> None:
+    subject = f"test-{uuid.uuid4().hex}"
+    short, long = window("s", 10, buckets=10), window("l", 3600, buckets=60)
+    store = counters()
+    try:
+        # Given an earlier bucket of the long window only, as a proposal a minute ago left it
+        earlier = counters_module._key(subject, long, long.current(time.time()) - 1)
+        store._client.set(earlier, 5)
+        # When a proposal is counted in both windows
+        totals = store.add(subject, [short, long])
+        # Then each window sums its own buckets, and each current bucket expires after its window
+        assert totals == [1, 6]
+        for each in (short, long):
+            current = counters_module._key(subject, each, each.current(time.time()))
+            assert 0 < store._client.ttl(current) <= each.seconds + each.bucket
+        assert store.add(subject, [short, long], bump=False) == [1, 6]
+    finally:
+        store.clear(subject)
 
 
 def test_denials__repeated_forbids__quarantined(desk: Desk, settings: Any) -> None:

@@ -36,8 +36,10 @@ from apps.actions.models import Action, Status
 from apps.actions.params import params_digest
 from apps.actions.states import Actor, IllegalTransition, transition, transition_record
 from apps.audit.services import audit_batch, audit_record
+from apps.books.models import BookVersion
 from apps.core.backoff import backoff
-from apps.registry.models import Tool
+from apps.registry.models import Agent, Tool, Workflow
+from apps.registry.snapshot import registry_view
 from apps.reviews.items import review_open
 
 logger = logging.getLogger(__name__)
@@ -193,9 +195,21 @@ class ClaimResult:
 
 
 def _read(action_id: UUID) -> Action:
-    return Action.objects.select_related("tool", "workflow", "agent", "book_version").get(
-        pk=action_id
-    )
+    """The action, with its agent, workflow, tool and book version as of now: shared rows of the
+    registry's snapshot (apps/registry/snapshot.py: read them only), since a join of the four
+    cost the ORM more to compose than the action's own read and the generation's together."""
+    action = Action.objects.get(pk=action_id)
+    view = registry_view()
+    if (agent := view.row(Agent, action.agent_id)) is not None:
+        action.agent = agent
+    if (workflow := view.row(Workflow, action.workflow_id)) is not None:
+        action.workflow = workflow
+    if (tool := view.row(Tool, action.tool_id)) is not None:
+        action.tool = tool
+    version_id = action.book_version_id
+    if version_id is not None and (version := view.row(BookVersion, version_id)) is not None:
+        action.book_version = version
+    return action
 
 
 def _claim(action_id: UUID) -> ClaimResult:

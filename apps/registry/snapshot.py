@@ -1,6 +1,7 @@
 """What the gate reads of the registry on every proposal, kept in each process between requests:
 agent keys and their agents, an agent's workflows and tools, a key's scope, each workflow's
-active Decision Book version.
+active Decision Book version; and, for the workers, the agent, workflow, tool and book version
+an action names.
 
 Any change to those tables moves the registry's generation (triggers, registry migrations 0004
 and 0005).
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 from django.db import connection
+from django.db.models import Model
 
 from apps.books.models import BookVersion
 from apps.registry.models import Agent, AgentKey, Tool, Workflow
@@ -28,6 +31,7 @@ class _Snapshot:
     scopes: dict[int, frozenset[str]] = field(default_factory=dict)  # key -> its own scope
     versions: dict[str, tuple[BookVersion | None, Workflow | None]] = field(default_factory=dict)
     keys: dict[str, AgentKey | None] = field(default_factory=dict)  # prefix -> key, its agent
+    rows: dict[tuple[type[Model], int], Model | None] = field(default_factory=dict)  # by id
 
 
 _current: _Snapshot | None = None
@@ -106,3 +110,11 @@ class RegistryView:
             found = (version, workflow)
             self._snapshot.versions[workflow_slug] = found
         return found
+
+    def row[M: Agent | Workflow | Tool | BookVersion](self, model: type[M], pk: int) -> M | None:
+        """The agent, workflow, tool or book version of that id (those tables move the
+        generation), or None when there is none."""
+        entry = (cast(type[Model], model), pk)
+        if entry not in self._snapshot.rows:
+            self._snapshot.rows[entry] = model._default_manager.filter(pk=pk).first()
+        return cast("M | None", self._snapshot.rows[entry])

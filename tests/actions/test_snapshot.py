@@ -1,7 +1,7 @@
 """The gate keeps what it reads of the registry between requests, and never answers from a
 registry older than the request: a tool taken away, a key narrowed, a book published are seen
 by the next proposal; a change rolled back leaves nothing behind; a second proposal with nothing
-changed reads none of it again."""
+changed reads none of it again. Workers read what an action names through the same snapshot."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from apps.actions.execution import action_execute
+from apps.actions.models import Status
 from apps.books.models import BookVersion
 from apps.registry.models import Agent, Tool, Workflow
 from apps.registry.services import IssuedKey, agent_key_revoke
+from tests.actions import tools
 from tests.actions.conftest import proposal_body, propose, refund_params
 from tests.announced import Announced
 from tests.factories import REFUND_CONTROLS, make_published_book
@@ -134,3 +137,47 @@ def test_key_in_use__its_last_use_stamped_once_not_on_every_request(
             allowed(client, key, params=refund_params(order_id=f"2{number}"))
     stamps = [q for q in queries.captured_queries if "last_used_at" in q["sql"].split("WHERE")[0]]
     assert [q for q in stamps if q["sql"].startswith("UPDATE")] == []
+
+
+@pytest.mark.usefixtures("tool_calls")
+def test_worker__tool_changed_between_two_runs__the_second_runs_as_it_is_now(
+    client: Client, key: IssuedKey, book: BookVersion, refund_tool: Tool, enqueued: Announced
+) -> None:
+    # Given a refund run by the tool's in-process refund function
+    refund_tool.connector = Tool.Connector.CALLABLE
+    refund_tool.callable_path = "tests.actions.tools.refund"
+    refund_tool.save()
+    first = allowed(client, key).json()["id"]
+    assert action_execute(action_id=first).status == Status.SUCCEEDED
+    assert len(tools.REFUNDS) == 1
+    # When the tool is pointed elsewhere, and the next refund runs
+    refund_tool.callable_path = "tests.actions.tools.undo_refund"
+    refund_tool.save()
+    second = allowed(client, key, params=refund_params(order_id="1043")).json()["id"]
+    assert action_execute(action_id=second).status == Status.SUCCEEDED
+    # Then it ran through the tool as it is now, not as the worker last read it
+    assert len(tools.REFUNDS) == 1
+    assert [call.idempotency_key for call in tools.UNDOS] == [f"esc-{second}"]
+
+
+@pytest.mark.usefixtures("tool_calls")
+def test_worker__registry_unchanged__reads_none_of_it_again(
+    client: Client, key: IssuedKey, book: BookVersion, refund_tool: Tool, enqueued: Announced
+) -> None:
+    refund_tool.connector = Tool.Connector.CALLABLE
+    refund_tool.callable_path = "tests.actions.tools.refund"
+    refund_tool.save()
+    first = allowed(client, key).json()["id"]
+    second = allowed(client, key, params=refund_params(order_id="1043")).json()["id"]
+    assert action_execute(action_id=first).status == Status.SUCCEEDED
+    with CaptureQueriesContext(connection) as queries:
+        assert action_execute(action_id=second).status == Status.SUCCEEDED
+    read = " ".join(query["sql"] for query in queries.captured_queries)
+    for table in (
+        '"registry_agent"',
+        '"registry_tool"',
+        '"registry_workflow"',
+        "books_bookversion",
+    ):
+        assert table not in read, table
+    assert len(tools.REFUNDS) == 2

@@ -20,11 +20,12 @@ with its countdown, as every retry does."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 # How soon the listener notices it is asked to stop while no notice arrives.
 POLL_SECONDS = 1.0
+# How long a runner thread waits, when stopping, for the others to take their own close.
+CLOSE_SECONDS = 10.0
 
 
 def action_run_announced(payload: str) -> None:
@@ -91,7 +94,9 @@ class Listener:
     def __init__(self, channels: Iterable[str], threads: int) -> None:
         self.channels = sorted(set(channels))
         self._stop = threading.Event()
+        self._threads = threads
         self._runners = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pickup")
+        self._pending: set[Future[None]] = set()
         self._thread = threading.Thread(target=self._run, name="action-pickup", daemon=True)
         self.listening = threading.Event()
 
@@ -100,10 +105,28 @@ class Listener:
 
     def stop(self) -> None:
         """Stop listening, and wait for the actions already started (notices not yet started
-        stay queued in the database for the next listener or the sweep)."""
+        stay queued in the database for the next listener or the sweep); then each runner
+        thread closes its database connection (Django's are per thread): one task each, held
+        at a barrier so that no thread takes two."""
         self._stop.set()
         self._thread.join()
-        self._runners.shutdown(wait=True, cancel_futures=True)
+        for pending in list(self._pending):
+            pending.cancel()
+        barrier = threading.Barrier(self._threads)
+
+        def close() -> None:
+            connections.close_all()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=CLOSE_SECONDS)
+
+        for _ in range(self._threads):
+            self._runners.submit(close)
+        self._runners.shutdown(wait=True)
+
+    def _start(self, payload: str) -> None:
+        started = self._runners.submit(action_run_announced, payload)
+        self._pending.add(started)
+        started.add_done_callback(self._pending.discard)
 
     def _run(self) -> None:
         failures = 0
@@ -139,13 +162,13 @@ class Listener:
             waiting = actions_waiting()
             connections[DEFAULT_DB_ALIAS].close()  # this thread's own, used for that read only
             for action_id in waiting:
-                self._runners.submit(action_run_announced, f"{action_id} -")
+                self._start(f"{action_id} -")
             if waiting:
                 logger.info("pickup: started %d action(s) queued before it listened", len(waiting))
             self.listening.set()
             while not self._stop.is_set():
                 for notice in raw.notifies(timeout=POLL_SECONDS):
-                    self._runners.submit(action_run_announced, notice.payload)
+                    self._start(notice.payload)
         finally:
             database.close()
 

@@ -136,6 +136,15 @@ def key(agent: Agent) -> IssuedKey:
 
 
 @pytest.fixture
+def in_process_tool(refund_tool: Tool) -> Tool:
+    """issue_refund run by the tests' in-process refund function (tests/actions/tools.py)."""
+    refund_tool.connector = Tool.Connector.CALLABLE
+    refund_tool.callable_path = "tests.actions.tools.refund"
+    refund_tool.save()
+    return refund_tool
+
+
+@pytest.fixture
 def tool_calls() -> Iterator[None]:
     """Empties the call records of tests.actions.tools around each test."""
     tools.forget()

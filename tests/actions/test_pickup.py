@@ -21,7 +21,6 @@ from apps.actions.models import Action, Status
 from apps.actions.pickup import Listener, action_run_announced
 from apps.books.models import BookVersion
 from apps.killswitches.switches import switch_engage, switch_release
-from apps.registry.models import Tool
 from apps.registry.services import IssuedKey
 from controlplane.celery import app as celery_app
 from tests.actions import tools
@@ -35,14 +34,6 @@ pytestmark = [
 
 # Ceilings for waits on the listener's threads: far above what a healthy run takes.
 WAIT_SECONDS = 60.0
-
-
-@pytest.fixture
-def in_process_tool(refund_tool: Tool) -> Tool:
-    refund_tool.connector = Tool.Connector.CALLABLE
-    refund_tool.callable_path = "tests.actions.tools.refund"
-    refund_tool.save()
-    return refund_tool
 
 
 @pytest.fixture

@@ -141,18 +141,19 @@ def test_key_in_use__its_last_use_stamped_once_not_on_every_request(
 
 @pytest.mark.usefixtures("tool_calls")
 def test_worker__tool_changed_between_two_runs__the_second_runs_as_it_is_now(
-    client: Client, key: IssuedKey, book: BookVersion, refund_tool: Tool, enqueued: Announced
+    client: Client,
+    key: IssuedKey,
+    book: BookVersion,
+    in_process_tool: Tool,
+    enqueued: Announced,
 ) -> None:
     # Given a refund run by the tool's in-process refund function
-    refund_tool.connector = Tool.Connector.CALLABLE
-    refund_tool.callable_path = "tests.actions.tools.refund"
-    refund_tool.save()
     first = allowed(client, key).json()["id"]
     assert action_execute(action_id=first).status == Status.SUCCEEDED
     assert len(tools.REFUNDS) == 1
     # When the tool is pointed elsewhere, and the next refund runs
-    refund_tool.callable_path = "tests.actions.tools.undo_refund"
-    refund_tool.save()
+    in_process_tool.callable_path = "tests.actions.tools.undo_refund"
+    in_process_tool.save()
     second = allowed(client, key, params=refund_params(order_id="1043")).json()["id"]
     assert action_execute(action_id=second).status == Status.SUCCEEDED
     # Then it ran through the tool as it is now, not as the worker last read it
@@ -160,13 +161,10 @@ def test_worker__tool_changed_between_two_runs__the_second_runs_as_it_is_now(
     assert [call.idempotency_key for call in tools.UNDOS] == [f"esc-{second}"]
 
 
-@pytest.mark.usefixtures("tool_calls")
+@pytest.mark.usefixtures("tool_calls", "in_process_tool")
 def test_worker__registry_unchanged__reads_none_of_it_again(
-    client: Client, key: IssuedKey, book: BookVersion, refund_tool: Tool, enqueued: Announced
+    client: Client, key: IssuedKey, book: BookVersion, enqueued: Announced
 ) -> None:
-    refund_tool.connector = Tool.Connector.CALLABLE
-    refund_tool.callable_path = "tests.actions.tools.refund"
-    refund_tool.save()
     first = allowed(client, key).json()["id"]
     second = allowed(client, key, params=refund_params(order_id="1043")).json()["id"]
     assert action_execute(action_id=first).status == Status.SUCCEEDED
